@@ -145,6 +145,11 @@ class LabelHierarchy:
     for p, c in edges:
       if idx[c] == root:
         raise HierarchyError(f"edge ({p!r} -> {c!r}) points into the root {roots[0]!r}")
+    for p, c in edges:
+      if levels[idx[c]] <= levels[idx[p]]:
+        raise HierarchyError(
+            f"edge ({p!r} -> {c!r}) goes from level {levels[idx[p]]} to level {levels[idx[c]]}; "
+            "edges must point to a deeper level (primary -> global -> local)")
     orphans = [n for n in nodes if idx[n] != root and not any(c == n for _, c in edges)]
     if orphans:
       raise HierarchyError(f"non-root node(s) {orphans} have no parent, so they could never be active")

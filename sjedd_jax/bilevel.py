@@ -1,0 +1,258 @@
+"""Bi-level loss weighting (Auto-Lambda style), as a small optax-like library.
+
+The weights ``lam`` of a multitask loss ``sum_i lam_i L_i(theta; T)`` are tuned
+to minimise a *primary* loss on a validation minibatch after one unrolled
+model step (spec section 5):
+
+  1. g      = grad_theta sum_i lam_i L_i(theta; T)
+  2. theta' = theta - alpha (g + wd theta)                 (virtual step)
+  3. d      = grad_theta' L_primary(theta'; V)
+  4. eps    = radius / (||d|| + 1e-6)
+  5. h_i    = (L_i(theta + eps d; T) - L_i(theta - eps d; T)) / (2 eps)
+              ~ grad_theta L_i(theta; T) . d        ("jvp": exactly that)
+  6. grad_lam = -alpha h,  lam <- optimiser(lam, grad_lam)
+  7. the model gradient for the new lam, sum_i lam_new_i grad L_i(theta; T).
+
+The task losses are linearised once at theta (``jax.linearize``). Step 1's and
+step 7's gradients are two transposes (VJPs) of that one linearisation, so the
+model gradient for the new weights costs a backward pass but no forward pass,
+and the exact "jvp" method of step 5 is a tangent pass over the same
+linearisation, again without a forward pass.
+
+Everything here is a pure function of pytrees and can be traced inside a
+caller's ``jax.jit``/``shard_map`` step. Under ``jit`` with a batch sharded over
+devices, every mean and norm is global, so N devices compute exactly what one
+device computes on the same global batch.
+
+Example::
+
+    import optax
+    from sjedd_jax import bilevel
+
+    def task_losses_fn(params, batch):      # -> (T,) vector of task losses
+      pred = model_apply(params, batch["x"])
+      return jnp.stack([mse(pred[:, 0], batch["y0"]), mse(pred[:, 1], batch["y1"])])
+
+    weighting = bilevel.auto_lambda(num_tasks=2, primary=(1.0, 0.0))
+    model_opt = optax.adamw(1e-3, weight_decay=1e-4)
+    lam_state, opt_state = weighting.init(), model_opt.init(params)
+
+    @jax.jit
+    def train_step(params, opt_state, lam_state, train_batch, val_batch):
+      grads, lam_state, info = weighting.step(
+          lam_state, task_losses_fn, params, train_batch, val_batch,
+          lr=1e-3, weight_decay=1e-4)
+      updates, opt_state = model_opt.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, lam_state, info
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+TaskLossesFn = Callable[[PyTree, Any], jax.Array]  # (params, batch) -> (T,) [, aux]
+
+METHODS = ("finite_difference", "jvp")
+
+
+def _tree_axpy(a, x, y):
+  """a * x + y over pytrees (a a scalar)."""
+  return jax.tree.map(lambda xi, yi: (a * xi + yi).astype(yi.dtype), x, y)
+
+
+def _check_method(method: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"unknown hypergradient method {method!r}; expected one of {METHODS}")
+
+
+def _primary_vector(primary, num_tasks: int) -> jax.Array:
+  w = jnp.asarray(primary, jnp.float32)
+  if w.shape != (num_tasks,):
+    raise ValueError(f"primary weights have shape {w.shape}, expected ({num_tasks},)")
+  return w
+
+
+def _linearise(task_losses_fn, params, batch, has_aux):
+  """Task losses at params, their linearisation, and its transpose (the VJP)."""
+  f = lambda p: task_losses_fn(p, batch)
+  if has_aux:
+    losses, f_jvp, aux = jax.linearize(f, params, has_aux=True)
+  else:
+    (losses, f_jvp), aux = jax.linearize(f, params), None
+  f_vjp = jax.linear_transpose(f_jvp, params)
+  return losses, f_jvp, (lambda ct: f_vjp(ct.astype(losses.dtype))[0]), aux
+
+
+def _losses_only(task_losses_fn, has_aux):
+  if has_aux:
+    return lambda p, b: task_losses_fn(p, b)[0]
+  return task_losses_fn
+
+
+def _directional(task_losses_fn, params, lam, g, f_jvp, train_batch, val_batch, *,
+                 lr, weight_decay, primary, method, radius, has_aux):
+  """Steps 2-5: h ~ grad L_i(theta; T) . d, plus diagnostics."""
+  losses_fn = _losses_only(task_losses_fn, has_aux)
+  w = _primary_vector(primary, lam.shape[0])
+  # 2. virtual step (SGD with decoupled weight decay, at the model's current lr).
+  theta_v = jax.tree.map(lambda p, gi: p - lr * (gi + weight_decay * p), params, g)
+  # 3. gradient of the primary loss at theta' on the validation batch.
+  val_loss, d = jax.value_and_grad(lambda p: jnp.vdot(w, losses_fn(p, val_batch)))(theta_v)
+  d_norm = optax.tree.norm(d)
+  if method == "jvp":
+    h = f_jvp(d)
+    eps = jnp.zeros((), jnp.float32)
+  else:
+    # 4.-5. central finite difference along d.
+    eps = radius / (d_norm + 1e-6)
+    l_plus = losses_fn(_tree_axpy(eps, d, params), train_batch)
+    l_minus = losses_fn(_tree_axpy(-eps, d, params), train_batch)
+    h = (l_plus - l_minus) / (2.0 * eps)
+  return h, {"val_primary_loss": val_loss, "d_norm": d_norm, "fd_eps": eps}
+
+
+def hypergradient(task_losses_fn: TaskLossesFn, params: PyTree, lam: jax.Array, train_batch: Any,
+                  val_batch: Any, *, lr, weight_decay=0.0, primary: Sequence[float] = (1.0, 0.0, 0.0),
+                  method: str = "finite_difference", radius: float = 0.01,
+                  has_aux: bool = False) -> jax.Array:
+  """d(outer loss)/d(lam) of spec section 5, steps 1-6. Returns shape (T,).
+
+  Args:
+    task_losses_fn: ``(params, batch) -> (T,)`` task losses (``-> ((T,), aux)``
+      with ``has_aux=True``). ``params`` is any pytree of float arrays.
+    params: the model parameters theta.
+    lam: (T,) current loss weights.
+    train_batch, val_batch: the training minibatch T and validation minibatch V.
+    lr: the model optimiser's current learning rate alpha (virtual step size).
+    weight_decay: the model optimiser's (decoupled) weight decay.
+    primary: weights of the tasks in the outer (validation) loss.
+    method: "finite_difference" (the paper) or "jvp" (exact directional derivative).
+    radius: finite-difference radius; eps = radius / (||d|| + 1e-6).
+  """
+  _check_method(method)
+  lam = jnp.asarray(lam, jnp.float32)
+  _, f_jvp, f_vjp, _ = _linearise(task_losses_fn, params, train_batch, has_aux)
+  g = f_vjp(lam)
+  h, _ = _directional(task_losses_fn, params, lam, g, f_jvp, train_batch, val_batch, lr=lr,
+                      weight_decay=weight_decay, primary=primary, method=method, radius=radius,
+                      has_aux=has_aux)
+  return -lr * h
+
+
+class BilevelState(NamedTuple):
+  """State of the loss-weight learner."""
+  lam: jax.Array         # (T,) current loss weights
+  opt_state: Any         # state of the optimiser of lam
+  count: jax.Array       # int32, steps taken
+
+
+class AutoLambda(NamedTuple):
+  """An optax-style pair of pure functions; see ``auto_lambda``."""
+  init: Callable[[], BilevelState]
+  step: Callable[..., tuple[PyTree, BilevelState, dict]]
+
+
+def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation | None = None,
+                init_value: float | Sequence[float] = 1.0, primary: Sequence[float] | None = None,
+                method: str = "finite_difference", radius: float = 0.01, update_every: int = 1,
+                has_aux: bool = False) -> AutoLambda:
+  """Learns multitask loss weights by one-step bi-level optimisation.
+
+  Args:
+    num_tasks: T, the number of task losses.
+    optimizer: the optax transformation for lam (default Adam, lr 1e-3).
+    init_value: initial lam (scalar or (T,)), default 1.0.
+    primary: outer-loss task weights, default (1, 0, ..., 0): task 0 is primary.
+    method: "finite_difference" (spec default) or "jvp".
+    radius: finite-difference radius (spec: 0.01).
+    update_every: update lam every k-th step only (lam is held in between, and
+      the hypergradient work is skipped with ``lax.cond``).
+    has_aux: ``task_losses_fn`` returns ``(losses, aux)``; aux is passed back in
+      ``info["aux"]``.
+
+  Returns:
+    ``AutoLambda(init, step)``:
+      ``init() -> BilevelState``;
+      ``step(state, task_losses_fn, params, train_batch, val_batch, *, lr,
+      weight_decay=0.0) -> (grads, new_state, info)`` where ``grads`` is the
+      gradient of ``sum_i lam_new_i L_i(params; train_batch)`` with respect to
+      ``params`` (feed it to the model optimiser), and ``info`` holds
+      ``task_losses`` (T,), ``lam`` (new), ``hypergradient`` (T,; zeros on
+      skipped steps), ``lam_updated``, ``val_primary_loss``, ``d_norm``, ``fd_eps``.
+  """
+  _check_method(method)
+  if update_every < 1:
+    raise ValueError(f"update_every must be >= 1, got {update_every}")
+  optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
+  primary = tuple(primary) if primary is not None else (1.0,) + (0.0,) * (num_tasks - 1)
+  _primary_vector(primary, num_tasks)
+
+  def init() -> BilevelState:
+    lam = jnp.broadcast_to(jnp.asarray(init_value, jnp.float32), (num_tasks,))
+    return BilevelState(lam=lam, opt_state=optimizer.init(lam), count=jnp.zeros((), jnp.int32))
+
+  def step(state: BilevelState, task_losses_fn: TaskLossesFn, params: PyTree, train_batch: Any,
+           val_batch: Any, *, lr, weight_decay=0.0):
+    lr = jnp.asarray(lr, jnp.float32)
+    losses, f_jvp, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
+    if losses.shape != (num_tasks,):
+      raise ValueError(f"task_losses_fn returned shape {losses.shape}, expected ({num_tasks},)")
+    g = f_vjp(state.lam)  # 1.
+
+    def update(_):
+      h, diag = _directional(task_losses_fn, params, state.lam, g, f_jvp, train_batch, val_batch,
+                             lr=lr, weight_decay=weight_decay, primary=primary, method=method,
+                             radius=radius, has_aux=has_aux)
+      hyper = -lr * h                                          # 6.
+      upd, opt_state = optimizer.update(hyper, state.opt_state, state.lam)
+      lam = optax.apply_updates(state.lam, upd)
+      grads = f_vjp(lam)                                       # 7. same linearisation
+      return grads, lam, opt_state, hyper, diag
+
+    def hold(_):
+      zero = jnp.zeros((), jnp.float32)
+      diag = {"val_primary_loss": zero, "d_norm": zero, "fd_eps": zero}
+      return g, state.lam, state.opt_state, jnp.zeros_like(state.lam), diag
+
+    if update_every == 1:
+      grads, lam, opt_state, hyper, diag = update(None)
+      updated = jnp.ones((), jnp.bool_)
+    else:
+      updated = state.count % update_every == 0
+      grads, lam, opt_state, hyper, diag = jax.lax.cond(updated, update, hold, None)
+    new_state = BilevelState(lam=lam, opt_state=opt_state, count=state.count + 1)
+    info = {"task_losses": losses, "lam": lam, "hypergradient": hyper, "lam_updated": updated, **diag}
+    if has_aux:
+      info["aux"] = aux
+    return grads, new_state, info
+
+  return AutoLambda(init=init, step=step)
+
+
+def fixed_weights(weights: Sequence[float], *, has_aux: bool = False) -> AutoLambda:
+  """The same interface with constant weights (ablations: {1, 0.1, 0.1}, {1, 1, 1})."""
+  weights = tuple(float(w) for w in weights)
+
+  def init() -> BilevelState:
+    lam = jnp.asarray(weights, jnp.float32)
+    return BilevelState(lam=lam, opt_state=optax.EmptyState(), count=jnp.zeros((), jnp.int32))
+
+  def step(state, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0):
+    del val_batch, lr, weight_decay
+    losses, _, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
+    grads = f_vjp(state.lam)
+    zero = jnp.zeros((), jnp.float32)
+    info = {"task_losses": losses, "lam": state.lam, "hypergradient": jnp.zeros_like(state.lam),
+            "lam_updated": jnp.zeros((), jnp.bool_), "val_primary_loss": zero, "d_norm": zero,
+            "fd_eps": zero}
+    if has_aux:
+      info["aux"] = aux
+    return grads, state._replace(count=state.count + 1), info
+
+  return AutoLambda(init=init, step=step)
