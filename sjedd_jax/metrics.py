@@ -172,7 +172,7 @@ def aggregate_videos(p_fake: Any, is_fake: Any, video_ids: Any) -> dict[str, np.
   if mixed.any():
     j = int(np.flatnonzero(mixed)[0])
     raise MetricsError(
-        f"video {ids[j]!r} has inconsistent labels: {int(n_fake[j])} of its {int(counts[j])} frames "
+        f"video {ids[j].item()!r} has inconsistent labels: {int(n_fake[j])} of its {int(counts[j])} frames "
         f"are fake ({int(mixed.sum())} such video(s)); a video must be all real or all fake")
   return {"ids": ids, "p_fake": p_vid, "is_fake": n_fake > 0, "n_frames": counts}
 
