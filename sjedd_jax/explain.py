@@ -179,7 +179,7 @@ def plot_marginals(marginals: Any, hierarchy: Any, path: str | os.PathLike, thre
   if titles is not None and len(titles) != m.shape[0]:
     raise ValueError(f"got {len(titles)} titles for {m.shape[0]} faces")
   b = m.shape[0]
-  fig = Figure(figsize=(max(6, 0.6 * h.num_nodes + 1), 2.8 * b), dpi=100)
+  fig = Figure(figsize=(max(6, 0.6 * h.num_nodes + 1), 3.2 * b + 0.6), dpi=100)
   FigureCanvasAgg(fig)
   colours = [_LEVEL_COLOURS[lv] for lv in h.levels]
   x = np.arange(h.num_nodes)
@@ -193,10 +193,9 @@ def plot_marginals(marginals: Any, hierarchy: Any, path: str | os.PathLike, thre
     ax.set_xticklabels([readable(n) for n in h.nodes], rotation=30, ha="right", fontsize="small")
     title = titles[i] if titles is not None else explain(m[i], h, threshold)
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize="small")
-    if i == 0:
-      ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(_LEVEL_COLOURS, hierarchy_lib.LEVEL_NAMES)],
-                loc="upper right", fontsize="x-small")
-  fig.tight_layout()
+  fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(_LEVEL_COLOURS, hierarchy_lib.LEVEL_NAMES)],
+             loc="lower center", ncol=len(_LEVEL_COLOURS), fontsize="small", frameon=False)
+  fig.tight_layout(rect=(0, 0.35 / fig.get_figheight(), 1, 1))
   d = os.path.dirname(os.fspath(path))
   if d:
     os.makedirs(d, exist_ok=True)
