@@ -50,7 +50,7 @@ class CLIPConfig:
   """Sizes of a ViT CLIP. Defaults: ViT-B/32 (OpenAI).
 
   ``vision_heads``/``text_heads`` of OpenAI checkpoints are width // 64.
-  ``vision_mlp_dim``/``text_mlp_dim`` of 0 mean 4 x width.
+  ``vision_mlp_dim``/``text_mlp_dim`` of 0 become 4 x width.
   ``dtype`` is the compute dtype ("float32" or "bfloat16"); parameters stay float32.
   ``attention_impl`` is passed to ``jax.nn.dot_product_attention`` (None/"xla", or
   "cudnn" on NVIDIA GPUs with bf16).
@@ -85,6 +85,9 @@ class CLIPConfig:
       raise ValueError(f"CLIPConfig: act {self.act!r} not one of {sorted(_ACTS)}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"CLIPConfig: dtype {self.dtype!r} not one of {sorted(_DTYPES)}")
+    for tower in ("vision", "text"):  # 0 means the usual 4 x width
+      if getattr(self, f"{tower}_mlp_dim") <= 0:
+        object.__setattr__(self, f"{tower}_mlp_dim", 4 * getattr(self, f"{tower}_width"))
 
   @property
   def grid(self) -> int:
@@ -196,7 +199,7 @@ class ResidualBlock(nnx.Module):
 
 class Transformer(nnx.Module):
   def __init__(self, width, layers, heads, mlp_dim, cfg: CLIPConfig, *, rngs: nnx.Rngs):
-    self.blocks = nnx.List([ResidualBlock(width, heads, mlp_dim or 4 * width, layers, cfg, rngs=rngs)
+    self.blocks = nnx.List([ResidualBlock(width, heads, mlp_dim, layers, cfg, rngs=rngs)
                             for _ in range(layers)])
 
   def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
