@@ -1,0 +1,280 @@
+"""The grain input pipeline over a manifest directory (``sjedd_jax.data.manifest``).
+
+Train: records -> this process's shard -> seeded shuffle (a new order each epoch)
+-> load + label-preserving perturbation (``perturb``, seeded per element) + CLIP
+preprocessing -> batch (drop_remainder) -> repeat -> optional multiprocess prefetch.
+Eval: no shuffle, no perturbation, the last batch padded (``valid`` = 0 there).
+
+Batches are dicts of numpy arrays:
+
+    image    (B, H, W, 3) float32, CLIP-normalised
+    y, mask  (B, n) float32       (``manifest.label_of``)
+    is_fake  (B,) int32
+    video    (B,) int32           index into ``Data.video_ids`` (strings stay on the host)
+    index    (B,) int32           index into ``Data.records``
+    valid    (B,) int32           eval only: 0 for padding
+
+Usage:
+
+    cfg = DataConfig(data_dir="/data/ffpp_crops", batch_size=32, workers=8)
+    data = load(cfg)                                   # filtered records + video table
+    train_it, val_it = train_streams(cfg, data)        # two independent shuffles (spec 5)
+    batch = next(train_it)
+    state = train_it.get_state()                       # JSON-able; set_state(state) resumes
+    for batch in eval_iterator(dataclasses.replace(cfg, split="test"), ...): ...
+
+Checkpointing with orbax: ``grain.checkpoint.CheckpointSave(train_it)`` /
+``CheckpointRestore(train_it)`` under an ``ocp.args.Composite`` (see
+``save_iterators``), or ``get_state()``/``set_state()`` directly. A restored
+iterator yields exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from sjedd_jax import preprocess as clip_preprocess
+from sjedd_jax.data import manifest
+from sjedd_jax.data import perturb as perturb_lib
+from sjedd_jax.data import videos
+
+# A separate seed stream for the bi-level validation minibatches (spec section 5).
+VAL_STREAM_SEED_OFFSET = 0x5EED
+
+
+@dataclasses.dataclass
+class DataConfig:
+  data_dir: str
+  split: str | Sequence[str] = "train"
+  sources: Sequence[str] | None = None     # keep only these sources (cross-manipulation)
+  exclude_sources: Sequence[str] = ()
+  image_size: int = 224
+  batch_size: int = 32
+  num_nodes: int = 10
+  unobserved_as_zero: bool = False
+  binary_only: bool = False
+  perturb_probability: float = perturb_lib.PROBABILITY   # train only; 0 turns it off
+  perturb_names: Sequence[str] = perturb_lib.NAMES
+  patch_mode: str = "block"
+  seed: int = 0
+  num_epochs: int | None = None            # None: repeat forever
+  workers: int = 0                         # grain mp_prefetch processes; 0 = in-process
+  worker_buffer_size: int = 2
+  skip_unreadable: bool = False
+  shard_by_process: bool = True            # each JAX process reads a disjoint slice
+
+
+@dataclasses.dataclass
+class Data:
+  """The filtered records and the host-side tables that batches index into."""
+  data_dir: str
+  records: list[manifest.Record]
+  video_ids: list[str]            # video table (``batch['video']`` indexes it)
+  video_of: np.ndarray            # (len(records),) int32 record -> video index
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+
+def load(cfg: DataConfig) -> Data:
+  """Reads ``cfg.data_dir``'s manifest; keeps ``cfg.split`` and the chosen sources."""
+  splits = (cfg.split,) if isinstance(cfg.split, str) else tuple(cfg.split)
+  records = manifest.read(cfg.data_dir, splits)
+  if cfg.sources is not None:
+    records = [r for r in records if r.source in set(cfg.sources)]
+  if cfg.exclude_sources:
+    records = [r for r in records if r.source not in set(cfg.exclude_sources)]
+  if not records:
+    raise ValueError(f"{cfg.data_dir}: no records for split {splits} and sources "
+                     f"{cfg.sources} (excluding {tuple(cfg.exclude_sources)})")
+  table: dict[str, int] = {}
+  video_of = np.asarray([table.setdefault(r.video_id, len(table)) for r in records], np.int32)
+  return Data(cfg.data_dir, records, list(table), video_of)
+
+
+class LoadExample:
+  """Record index -> example dict; a picklable ``(index, rng)`` function for grain.
+
+  Index -1 is padding (zeros, ``valid`` 0). Labels are computed once, here.
+  """
+
+  def __init__(self, data: Data, cfg: DataConfig, train: bool):
+    self.data_dir = data.data_dir
+    self.paths = [r.path for r in data.records]
+    self.video_of = data.video_of
+    self.is_fake = np.asarray([r.is_fake for r in data.records], np.int32)
+    labels = [manifest.label_of(r, cfg.num_nodes, cfg.unobserved_as_zero, cfg.binary_only)
+              for r in data.records]
+    self.y = np.stack([l[0] for l in labels]).astype(np.float32)
+    self.mask = np.stack([l[1] for l in labels]).astype(np.float32)
+    self.size = cfg.image_size
+    self.skip_unreadable = cfg.skip_unreadable
+    self.perturb = (perturb_lib.make(cfg.perturb_probability, tuple(cfg.perturb_names), cfg.patch_mode)
+                    if train and cfg.perturb_probability > 0 else None)
+    self.skipped = 0
+
+  def __call__(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
+    index = int(index)
+    if index < 0:
+      return self._padding()
+    image, index = self._read(index)
+    if self.perturb is not None:
+      image = self.perturb(image, rng)
+    return {
+        "image": clip_preprocess.preprocess_np(image, self.size),
+        "y": self.y[index], "mask": self.mask[index],
+        "is_fake": self.is_fake[index], "video": self.video_of[index],
+        "index": np.int32(index), "valid": np.int32(1),
+    }
+
+  def _read(self, index: int) -> tuple[np.ndarray, int]:
+    """Image of record ``index``; with ``skip_unreadable``, the next readable record's
+    (its own label travels with it: the example is that record, never mislabelled)."""
+    n = len(self.paths)
+    for k in range(n):
+      i = (index + k) % n
+      path = f"{self.data_dir}/{self.paths[i]}"
+      try:
+        return videos.read_image(path), i
+      except videos.VideoError as e:
+        if not self.skip_unreadable:
+          raise videos.VideoError(f"unreadable training image (record {i}): {e}; "
+                                  "set skip_unreadable=True to replace such records") from e
+        self.skipped += 1
+        logging.warning("skipping unreadable image %s (record %d; %d skipped in this process)",
+                        path, i, self.skipped)
+    raise videos.VideoError(f"{self.data_dir}: no readable image in {n} records")
+
+  def _padding(self) -> dict[str, Any]:
+    n = self.y.shape[1]
+    return {
+        "image": np.zeros((self.size, self.size, 3), np.float32),
+        "y": np.zeros(n, np.float32), "mask": np.zeros(n, np.float32),
+        "is_fake": np.int32(0), "video": np.int32(-1), "index": np.int32(-1), "valid": np.int32(0),
+    }
+
+
+def _shard(indices: np.ndarray, cfg: DataConfig, equal: bool) -> np.ndarray:
+  if not cfg.shard_by_process:
+    return indices
+  import jax  # pylint: disable=g-import-not-at-top
+  count, index = jax.process_count(), jax.process_index()
+  if equal:  # every process the same number of examples (same number of train steps)
+    indices = indices[:len(indices) // count * count]
+  return indices[index::count]
+
+
+def _prefetch(ds: grain.IterDataset, cfg: DataConfig) -> grain.IterDataset:
+  if cfg.workers > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
+      flags.FLAGS.mark_as_parsed()   # (pytest, notebooks) they are otherwise unparsed
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers,
+                                                     per_worker_buffer_size=cfg.worker_buffer_size))
+  return ds
+
+
+def _batch_fn(examples):
+  return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def train_dataset(cfg: DataConfig, data: Data | None = None, seed: int | None = None,
+                  keep_valid: bool = False) -> grain.IterDataset:
+  """The training stream: shuffled per epoch, perturbed, batched with drop_remainder."""
+  data = data or load(cfg)
+  seed = cfg.seed if seed is None else seed
+  indices = _shard(np.arange(len(data), dtype=np.int64), cfg, equal=True)
+  if len(indices) < cfg.batch_size:
+    raise ValueError(f"{cfg.data_dir}: {len(indices)} training examples on this process, "
+                     f"fewer than batch_size={cfg.batch_size}")
+  load_fn = LoadExample(data, cfg, train=True)
+  ds = (grain.MapDataset.source(indices.tolist())
+        .seed(seed % 2**32)
+        .shuffle()
+        .random_map(load_fn)
+        .batch(cfg.batch_size, drop_remainder=True, batch_fn=_batch_fn))
+  if not keep_valid:
+    ds = ds.map(_drop_valid)
+  ds = ds.repeat(cfg.num_epochs)
+  return _prefetch(ds.to_iter_dataset(), cfg)
+
+
+def _drop_valid(batch):
+  batch = dict(batch)
+  batch.pop("valid")
+  return batch
+
+
+def steps_per_epoch(cfg: DataConfig, data: Data) -> int:
+  """Train batches per epoch on each process."""
+  return len(_shard(np.arange(len(data)), cfg, equal=True)) // cfg.batch_size
+
+
+def train_streams(cfg: DataConfig, data: Data | None = None) -> tuple[grain.DatasetIterator, grain.DatasetIterator]:
+  """``(train_iter, val_iter)``: two independently shuffled streams over the training set.
+
+  The second supplies the validation minibatches V of the bi-level step (spec section
+  5); same perturbation/preprocessing, seed ``cfg.seed + VAL_STREAM_SEED_OFFSET``.
+  """
+  data = data or load(cfg)
+  train = iter(train_dataset(cfg, data, cfg.seed))
+  val = iter(train_dataset(cfg, data, cfg.seed + VAL_STREAM_SEED_OFFSET))
+  return train, val
+
+
+def eval_dataset(cfg: DataConfig, data: Data | None = None) -> grain.IterDataset:
+  """In-order, unperturbed batches; the last one padded (``valid`` 0, ``index`` -1).
+
+  Every process gets the same number of batches (shards padded to equal length).
+  """
+  data = data or load(cfg)
+  n = len(data)
+  indices = _shard(np.arange(n, dtype=np.int64), cfg, equal=False)
+  count = _process_count() if cfg.shard_by_process else 1
+  per_process = math.ceil(n / count)
+  num_batches = max(1, math.ceil(per_process / cfg.batch_size))
+  padded = np.full(num_batches * cfg.batch_size, -1, np.int64)
+  padded[:len(indices)] = indices
+  load_fn = LoadExample(data, cfg, train=False)
+  ds = (grain.MapDataset.source(padded.tolist())
+        .map(load_fn)
+        .batch(cfg.batch_size, drop_remainder=False, batch_fn=_batch_fn))
+  return _prefetch(ds.to_iter_dataset(), cfg)
+
+
+def eval_iterator(cfg: DataConfig, data: Data | None = None) -> grain.DatasetIterator:
+  return iter(eval_dataset(cfg, data))
+
+
+def _process_count() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_count()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_iterators(directory: str, iterators: dict[str, grain.DatasetIterator]) -> None:
+  """Saves iterator states with orbax (one grain ``CheckpointSave`` item per name).
+
+  In a training checkpoint, add the same items to the ``ocp.args.Composite`` that
+  saves the model: ``ocp.args.Composite(state=..., train_it=grain.checkpoint.CheckpointSave(it))``.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(directory, ocp.args.Composite(**{
+        k: grain.checkpoint.CheckpointSave(it) for k, it in iterators.items()}), force=True)
+
+
+def restore_iterators(directory: str, iterators: dict[str, grain.DatasetIterator]) -> None:
+  """Restores states saved by ``save_iterators`` into freshly built iterators (in place)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.restore(directory, ocp.args.Composite(**{
+        k: grain.checkpoint.CheckpointRestore(it) for k, it in iterators.items()}))
