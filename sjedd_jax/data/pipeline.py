@@ -66,7 +66,9 @@ class DataConfig:
   seed: int = 0
   num_epochs: int | None = None            # None: repeat forever
   workers: int = 0                         # grain mp_prefetch processes; 0 = in-process
-  worker_buffer_size: int = 2
+  worker_buffer_size: int = 2              # batches buffered per worker process
+  read_threads: int = 2                    # threads per process making batches (0: none)
+  prefetch_batches: int = 4                # batches buffered per process (grain's default 500 is GBs)
   skip_unreadable: bool = False
   shard_by_process: bool = True            # each JAX process reads a disjoint slice
 
@@ -171,7 +173,10 @@ def _shard(indices: np.ndarray, cfg: DataConfig, equal: bool) -> np.ndarray:
   return indices[index::count]
 
 
-def _prefetch(ds: grain.IterDataset, cfg: DataConfig) -> grain.IterDataset:
+def _to_iter(ds: grain.MapDataset, cfg: DataConfig) -> grain.IterDataset:
+  """Threaded prefetch within a process (a bounded buffer of batches), then workers."""
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                            prefetch_buffer_size=cfg.prefetch_batches))
   if cfg.workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
@@ -203,7 +208,7 @@ def train_dataset(cfg: DataConfig, data: Data | None = None, seed: int | None = 
   if not keep_valid:
     ds = ds.map(_drop_valid)
   ds = ds.repeat(cfg.num_epochs)
-  return _prefetch(ds.to_iter_dataset(), cfg)
+  return _to_iter(ds, cfg)
 
 
 def _drop_valid(batch):
@@ -246,7 +251,7 @@ def eval_dataset(cfg: DataConfig, data: Data | None = None) -> grain.IterDataset
   ds = (grain.MapDataset.source(padded.tolist())
         .map(load_fn)
         .batch(cfg.batch_size, drop_remainder=False, batch_fn=_batch_fn))
-  return _prefetch(ds.to_iter_dataset(), cfg)
+  return _to_iter(ds, cfg)
 
 
 def eval_iterator(cfg: DataConfig, data: Data | None = None) -> grain.DatasetIterator:
