@@ -71,7 +71,7 @@ def grey_blocks(image: np.ndarray, count: int, rng: np.random.Generator, width: 
 def gaussian_noise(image: np.ndarray, variance: float, rng: np.random.Generator) -> np.ndarray:
   """Adds N(0, variance) to each pixel and channel of the image scaled to [0, 1]."""
   x = _check(image).astype(np.float32) / 255.0
-  x = x + rng.normal(0.0, np.sqrt(variance), x.shape).astype(np.float32)
+  x = x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(np.sqrt(variance))
   return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
