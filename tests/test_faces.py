@@ -117,3 +117,10 @@ def test_region_swap_between_two_real_faces(detector, astronaut, face):
   assert not changed[~eye_box].any()         # ... and nothing else
   mouth_y = int(t_lm[faces.MOUTH, 1].mean())
   assert mask[mouth_y].max() < 1e-3
+
+
+def test_detection_on_a_shrunk_copy_keeps_full_resolution_landmarks(astronaut, face):
+  big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+  f = faces.DlibDetector(upsample=0, max_side=512)(big)
+  assert f is not None
+  assert np.abs(f.landmarks / 2 - face.landmarks).mean() < 1.5

@@ -78,20 +78,35 @@ class DlibDetector:
     upsample: times dlib upsamples the image before detecting (1 finds faces down to
       about 40 px; 0 is faster and needs about 80 px).
     predictor: path of a 68-point shape predictor (default: ``predictor_path()``).
+    max_side: frames larger than this are shrunk (INTER_AREA) for *detection* only;
+      landmarks are still fitted on the full frame. HOG detection cost grows with
+      the pixel count: a 1080p frame at upsample 1 takes about a second, at 640 px
+      about 0.1 s. None detects at full resolution.
   """
 
-  def __init__(self, upsample: int = 1, predictor: str | None = None):
+  def __init__(self, upsample: int = 1, predictor: str | None = None, max_side: int | None = 640):
     import dlib  # pylint: disable=g-import-not-at-top
+    self._dlib = dlib
     self.upsample = upsample
+    self.max_side = max_side
     self._detector = dlib.get_frontal_face_detector()
     self._predictor = dlib.shape_predictor(predictor or predictor_path())
 
   def __call__(self, frame: np.ndarray) -> Face | None:
     frame = _check_rgb(frame)
-    rects = self._detector(frame, self.upsample)
+    h, w = frame.shape[:2]
+    s = 1.0
+    small = frame
+    if self.max_side and max(h, w) > self.max_side:
+      s = self.max_side / max(h, w)
+      small = cv2.resize(frame, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    rects = self._detector(small, self.upsample)
     if len(rects) == 0:
       return None
     rect = max(rects, key=lambda r: r.width() * r.height())
+    if s != 1.0:
+      rect = self._dlib.rectangle(int(round(rect.left() / s)), int(round(rect.top() / s)),
+                                  int(round((rect.right() + 1) / s)) - 1, int(round((rect.bottom() + 1) / s)) - 1)
     shape = self._predictor(frame, rect)
     lm = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
     box = (float(rect.left()), float(rect.top()), float(rect.right() + 1), float(rect.bottom() + 1))
