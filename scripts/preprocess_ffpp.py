@@ -52,6 +52,8 @@ def parse_args(argv=None):
   g.add_argument("--format", choices=("png", "jpg"), default="png")
   g.add_argument("--jpeg-quality", type=int, default=95)
   g.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling")
+  g.add_argument("--max-side", type=int, default=640,
+                 help="detect faces on frames shrunk to this side (landmarks use full frames; 0: no shrink)")
   g.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   g.add_argument("--retry-failed", action="store_true", help="rerun videos that failed before")
   g.add_argument("--limit", type=int, default=0, help="only the first N videos (a trial run)")
@@ -88,7 +90,7 @@ def main(argv=None):
                                     image_format=args.format, jpeg_quality=args.jpeg_quality,
                                     workers=args.workers, retry_failed=args.retry_failed)
   meta = {"name": args.name} if args.name else None
-  summary = preprocess.run(tasks, args.out, cfg, detector_factory=_DlibFactory(args.upsample),
+  summary = preprocess.run(tasks, args.out, cfg, detector_factory=_DlibFactory(args.upsample, args.max_side or None),
                            metadata=meta, skipped=pre_skips)
   print(summary.line())
   print(f"manifest: {os.path.join(args.out, 'manifest.jsonl')}; skipped: {os.path.join(args.out, 'skipped.jsonl')}")
@@ -97,11 +99,11 @@ def main(argv=None):
 class _DlibFactory:
   """Picklable detector factory: builds dlib's objects inside each worker."""
 
-  def __init__(self, upsample):
-    self.upsample = upsample
+  def __init__(self, upsample, max_side):
+    self.upsample, self.max_side = upsample, max_side
 
   def __call__(self):
-    return faces.DlibDetector(upsample=self.upsample)
+    return faces.DlibDetector(upsample=self.upsample, max_side=self.max_side)
 
 
 if __name__ == "__main__":
