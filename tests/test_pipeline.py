@@ -181,3 +181,21 @@ def test_unreadable_images(data_dir, tmp_path):
   batches = list(pipeline.train_dataset(dataclasses.replace(cfg, skip_unreadable=True)))
   idx = batches[0]["index"]
   assert 2 not in idx and sorted(idx).count(3) == 2  # record 2 replaced by record 3, with its label
+
+
+def test_tfds_arrayrecord_builder(data_dir, tmp_path):
+  """Optional path: the manifest packed into TFDS ArrayRecord shards, read back by grain."""
+  pytest.importorskip("importlib_resources")  # TFDS needs it to build outside TensorFlow
+  import grain
+  from sjedd_jax.data import tfds_manifest
+  builder = tfds_manifest.build(data_dir, str(tmp_path / "tfds"))
+  src = builder.as_data_source(split="test")
+  recs = manifest.read(data_dir)
+  assert len(src) == 4 and len(builder.as_data_source(split="train")) == N
+  for ex in grain.MapDataset.source(src):
+    r = recs[ex["index"]]
+    np.testing.assert_array_equal(ex["image"], videos.read_image(os.path.join(data_dir, r.path)))
+    y, mask = manifest.label_of(r)
+    np.testing.assert_array_equal(ex["y"], y)
+    np.testing.assert_array_equal(ex["mask"], mask)
+    assert ex["video_id"].decode() == r.video_id and ex["is_fake"] == r.is_fake
