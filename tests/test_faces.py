@@ -124,3 +124,21 @@ def test_detection_on_a_shrunk_copy_keeps_full_resolution_landmarks(astronaut, f
   f = faces.DlibDetector(upsample=0, max_side=512)(big)
   assert f is not None
   assert np.abs(f.landmarks / 2 - face.landmarks).mean() < 1.5
+
+
+def test_expansion_blend_on_real_faces(detector, astronaut, face):
+  """The expansion's own region blend (``expand.blend_region``) on dlib's real landmarks."""
+  expand = pytest.importorskip("sjedd_jax.data.expand")
+  target, t_lm = faces.crop_face(astronaut, face, 1.3, 160)
+  mirrored = np.ascontiguousarray(astronaut[:, ::-1])
+  s_face = detector(mirrored)
+  source, s_lm = faces.crop_face(mirrored, s_face, 1.3, 200)
+  for region, idx in (("eye", list(faces.RIGHT_EYE) + list(faces.LEFT_EYE)), ("nose", list(faces.NOSE))):
+    out, lm, mask = expand.blend_region(target, t_lm, source, s_lm, region)
+    assert out.shape == target.shape and out.dtype == np.uint8 and lm.shape == (68, 2)
+    inside = mask > 0.5
+    (x0, y0), (x1, y1) = t_lm[idx].min(0) - 15, t_lm[idx].max(0) + 15
+    ys, xs = np.nonzero(inside)
+    assert inside.any() and xs.min() > x0 and xs.max() < x1 and ys.min() > y0 and ys.max() < y1
+    assert np.abs(out.astype(int) - target.astype(int))[inside].mean() > 1  # something moved in
+    np.testing.assert_array_equal(out[mask == 0], target[mask == 0])
