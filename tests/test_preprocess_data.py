@@ -240,3 +240,30 @@ def test_cli_with_dlib_on_a_real_face(tmp_path):
   # Eyes above nose tip above mouth, all inside the 64-px crop.
   assert lm[36:48, 1].mean() < lm[30, 1] < lm[48:68, 1].mean()
   assert lm.min() > 0 and lm.max() < 64
+
+
+def crashing_factory():
+  """A detector that kills its worker process on frames marked by a grey top band."""
+  def detect(frame):
+    face = square_detector(frame)
+    if face is not None and abs(frame[:8].mean() - 100) < 10:
+      os._exit(1)
+    return face
+  return detect
+
+
+def test_a_worker_dying_on_one_video_fails_only_that_video(tmp_path):
+  d = tmp_path / "videos"
+  d.mkdir()
+  for i in range(4):
+    frames = square_frames(4, seed=i)
+    if i == 2:
+      for f in frames:
+        f[:8] = 100  # the marker that makes crashing_factory's detector exit
+    write_video(str(d / f"v{i}.avi"), frames)
+  tasks = preprocess.folder_tasks([str(d)], num_frames=2)
+  cfg = preprocess.PreprocessConfig(num_frames=2, size=SIZE, progress=False, workers=2, mp_context="fork")
+  s = preprocess.run(tasks, str(tmp_path / "out"), cfg, detector_factory=crashing_factory)
+  assert s.failed == {"WorkerDied": 1} and s.records == 6
+  assert {r.video_id for r in manifest.read(str(tmp_path / "out"))} == {
+      "real/videos/v0", "real/videos/v1", "real/videos/v3"}

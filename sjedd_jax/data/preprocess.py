@@ -22,6 +22,7 @@ FSh, ...), ``list_tasks`` (a CSV of path,label[,video_id,split,source,identity])
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import csv
 import dataclasses
 import json
@@ -353,11 +354,7 @@ def run(tasks: Sequence[Task], out_dir: str, cfg: PreprocessConfig | None = None
         process_task(task, detector, out_dir, cfg)
         bar.update(1)
     else:
-      ctx = multiprocessing.get_context(cfg.mp_context)
-      with ctx.Pool(min(cfg.workers, len(pending)), initializer=_init_worker,
-                    initargs=(detector_factory, out_dir, cfg)) as pool:
-        for _ in pool.imap_unordered(_worker_task, pending, chunksize=1):
-          bar.update(1)
+      _run_pool(pending, out_dir, cfg, detector_factory, bar)
   finally:
     bar.close()
 
@@ -388,6 +385,49 @@ def run(tasks: Sequence[Task], out_dir: str, cfg: PreprocessConfig | None = None
   summary.seconds = time.time() - start
   _write_json_atomic(os.path.join(out_dir, SUMMARY), dataclasses.asdict(summary))
   return summary
+
+
+def _run_pool(pending: Sequence[Task], out_dir: str, cfg: PreprocessConfig, detector_factory, bar) -> None:
+  """Runs tasks in worker processes, at most ``workers`` in flight.
+
+  A worker that dies (a decoder segfault, the OOM killer) breaks the pool: the
+  tasks then in flight are retried one at a time in a one-worker pool, and the one
+  that kills its worker again is recorded as failed; then the rest go on.
+  """
+  ctx = multiprocessing.get_context(cfg.mp_context)
+  todo = list(pending)
+  while todo:
+    suspects = []
+    with concurrent.futures.ProcessPoolExecutor(min(cfg.workers, len(todo)), mp_context=ctx,
+                                                initializer=_init_worker,
+                                                initargs=(detector_factory, out_dir, cfg)) as pool:
+      queue, in_flight = collections.deque(todo), {}
+      try:
+        while queue or in_flight:
+          while queue and len(in_flight) < cfg.workers:
+            task = queue.popleft()
+            in_flight[pool.submit(_worker_task, task)] = task
+          done, _ = concurrent.futures.wait(in_flight, return_when=concurrent.futures.FIRST_COMPLETED)
+          for fut in done:
+            fut.result()  # raises BrokenProcessPool if a worker died
+            in_flight.pop(fut)
+            bar.update(1)
+        todo = []
+      except concurrent.futures.process.BrokenProcessPool:
+        suspects = [t for f, t in in_flight.items() if not (f.done() and f.exception() is None)]
+        todo = list(queue)
+    for task in suspects:  # one at a time: a crash now names its task
+      with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx, initializer=_init_worker,
+                                                  initargs=(detector_factory, out_dir, cfg)) as one:
+        try:
+          one.submit(_worker_task, task).result()
+        except concurrent.futures.process.BrokenProcessPool:
+          error = "WorkerDied: the worker process died on this video (out of memory? decoder crash?)"
+          _write_json_atomic(_part_path(out_dir, task.key), {
+              "key": task.key, "status": "failed", "error": error, "records": [],
+              "skipped": [{"video": task.key, "path": task.paths[0] if task.paths else "", "frame": None,
+                           "reason": f"unreadable video: {error}"}]})
+      bar.update(1)
 
 
 # ----------------------------------------------------------------------------- helpers
