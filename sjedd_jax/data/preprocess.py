@@ -70,7 +70,7 @@ class PreprocessConfig:
   size: int = 317               # saved crop side (the release's 317); None keeps native
   image_format: str = "png"     # "png" or "jpg"
   jpeg_quality: int = 95
-  workers: int = 0              # 0 = in this process; n = multiprocessing Pool of n
+  workers: int = 0              # 0 = in this process; n = a pool of n worker processes
   retry_failed: bool = False    # rerun tasks recorded as failed (unreadable video, ...)
   mp_context: str | None = None  # multiprocessing start method (None: platform default)
   progress: bool = True         # tqdm bar
