@@ -332,13 +332,13 @@ def _path_str(path) -> str:
 def flatten(model: CLIP) -> dict[str, np.ndarray]:
   """The model's parameters as {"vision.conv1.kernel": np.ndarray, ...}."""
   state = nnx.state(model, nnx.Param)
-  return {_path_str(path): np.asarray(var.get_value()) for path, var in state.flat_state()}
+  return {_path_str(path): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(state)}
 
 
 def flatten_shapes(model: CLIP) -> dict[str, tuple[int, ...]]:
   """{"vision.conv1.kernel": shape, ...}; works on abstract (``nnx.eval_shape``) models too."""
   state = nnx.state(model, nnx.Param)
-  return {_path_str(path): tuple(var.shape) for path, var in state.flat_state()}
+  return {_path_str(path): tuple(var.shape) for path, var in nnx.to_flat_state(state)}
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def unnest(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def assign(model: CLIP, flat: Mapping[str, Any], where: str = "checkpoint") -> CLIP:
   """Writes flat params into ``model`` in place; checks names and shapes first."""
   state = nnx.state(model, nnx.Param)
-  variables = {_path_str(path): var for path, var in state.flat_state()}
+  variables = {_path_str(path): var for path, var in nnx.to_flat_state(state)}
   missing = sorted(set(variables) - set(flat))
   unexpected = sorted(set(flat) - set(variables))
   bad = sorted(f"{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {tuple(variables[k].shape)}"

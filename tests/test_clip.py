@@ -1,0 +1,213 @@
+"""CLIP in NNX against the real reference: transformers' CLIPModel (PyTorch).
+
+Random weights in a tiny transformers.CLIPConfig with independently chosen,
+non-OpenAI shapes (widths not multiples of 64, MLP not 4x, 3 and 5 heads,
+different layer counts per tower), saved with save_pretrained, loaded with
+load_pretrained. The same weights as an OpenAI-format state dict (fused
+in_proj_weight, transposed projections) must give the same outputs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from sjedd_jax import checkpoints, templates
+from sjedd_jax.models import clip as clip_lib
+from sjedd_jax.models import params as params_lib
+
+ATOL = 1e-5
+
+# Whole-tower jit: one compile instead of many small eager ones.
+encode_image = nnx.jit(lambda m, x: m.encode_image(x))
+encode_text = nnx.jit(lambda m, ids: m.encode_text(ids))
+
+
+def _hf_config():
+  return transformers.CLIPConfig(
+      text_config=dict(vocab_size=49408, hidden_size=40, intermediate_size=72, num_hidden_layers=3,
+                       num_attention_heads=5, max_position_embeddings=77, hidden_act="quick_gelu",
+                       eos_token_id=49407, bos_token_id=49406, pad_token_id=0),
+      vision_config=dict(image_size=40, patch_size=8, hidden_size=48, intermediate_size=96,
+                         num_hidden_layers=2, num_attention_heads=3, hidden_act="quick_gelu"),
+      projection_dim=24)
+
+
+def _randomise(model: torch.nn.Module, seed: int):
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      noise = torch.randn(p.shape, generator=g)
+      if "norm" in name and name.endswith("weight"):
+        p.copy_(1.0 + 0.2 * noise)
+      elif name == "logit_scale":
+        p.fill_(2.6592)
+      else:
+        p.copy_(0.15 * noise)
+
+
+@pytest.fixture(scope="module")
+def hf(tmp_path_factory):
+  torch.manual_seed(0)
+  model = transformers.CLIPModel(_hf_config()).eval()
+  _randomise(model, 1)
+  path = tmp_path_factory.mktemp("hf_clip")
+  model.save_pretrained(path)
+  return model, path
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(3, 40, 40, 3)).astype(np.float32)
+  return images, templates.template_ids("release")
+
+
+def _hf_features(model, images, ids):
+  with torch.no_grad():
+    img = model.get_image_features(pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2))
+    txt = model.get_text_features(input_ids=torch.from_numpy(ids.astype(np.int64)))
+  # transformers 5 returns an output object whose pooler_output is the projected embedding.
+  img = img if isinstance(img, torch.Tensor) else img.pooler_output
+  txt = txt if isinstance(txt, torch.Tensor) else txt.pooler_output
+  return img.numpy(), txt.numpy()
+
+
+@pytest.fixture(scope="module")
+def reference(hf, inputs):
+  return _hf_features(hf[0], *inputs)
+
+
+@pytest.fixture(scope="module")
+def loaded(hf):
+  model, tok = checkpoints.load_pretrained(hf[1])
+  return model
+
+
+def test_hf_pooler_output_is_projected(hf, inputs):
+  model = hf[0]
+  _, ids = inputs
+  with torch.no_grad():
+    out = model.text_model(input_ids=torch.from_numpy(ids.astype(np.int64)))
+    eot = out.last_hidden_state[torch.arange(10), torch.from_numpy(ids).argmax(-1)]
+    manual = model.text_projection(eot).numpy()
+  np.testing.assert_allclose(_hf_features(model, *inputs)[1], manual, atol=1e-6)
+
+
+def test_shapes_inferred_from_hf(loaded):
+  c = loaded.config
+  assert (c.embed_dim, c.image_size, c.patch_size) == (24, 40, 8)
+  assert (c.vision_width, c.vision_layers, c.vision_heads, c.vision_mlp_dim) == (48, 2, 3, 96)
+  assert (c.text_width, c.text_layers, c.text_heads, c.text_mlp_dim) == (40, 3, 5, 72)
+  assert (c.vocab_size, c.context_length, c.act) == (49408, 77, "quick_gelu")
+
+
+def test_matches_transformers_clip(loaded, inputs, reference):
+  images, ids = inputs
+  u = encode_image(loaded, jnp.asarray(images))
+  v = encode_text(loaded, jnp.asarray(ids))
+  assert np.abs(reference[0]).max() > 0.1  # not a degenerate comparison
+  np.testing.assert_allclose(np.asarray(u), reference[0], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(v), reference[1], atol=ATOL, rtol=0)
+
+
+def _openai_state_dict(hf_model) -> dict:
+  """The same weights in OpenAI's layout, written independently of params.py."""
+  sd = {k: v.detach().clone() for k, v in hf_model.state_dict().items()}
+  out = {"logit_scale": sd["logit_scale"]}
+  for tower, prefix in (("vision", "visual.transformer.resblocks"), ("text", "transformer.resblocks")):
+    n = 2 if tower == "vision" else 3
+    for i in range(n):
+      h = f"{tower}_model.encoder.layers.{i}."
+      o = f"{prefix}.{i}."
+      for kind in ("weight", "bias"):
+        out[o + f"attn.in_proj_{kind}"] = torch.cat(
+            [sd[h + f"self_attn.{p}_proj.{kind}"] for p in "qkv"], dim=0)
+        out[o + f"attn.out_proj.{kind}"] = sd[h + f"self_attn.out_proj.{kind}"]
+        out[o + f"ln_1.{kind}"] = sd[h + f"layer_norm1.{kind}"]
+        out[o + f"ln_2.{kind}"] = sd[h + f"layer_norm2.{kind}"]
+        out[o + f"mlp.c_fc.{kind}"] = sd[h + f"mlp.fc1.{kind}"]
+        out[o + f"mlp.c_proj.{kind}"] = sd[h + f"mlp.fc2.{kind}"]
+  out["visual.conv1.weight"] = sd["vision_model.embeddings.patch_embedding.weight"]
+  out["visual.class_embedding"] = sd["vision_model.embeddings.class_embedding"]
+  out["visual.positional_embedding"] = sd["vision_model.embeddings.position_embedding.weight"]
+  for ours, theirs in (("ln_pre", "pre_layrnorm"), ("ln_post", "post_layernorm")):
+    for kind in ("weight", "bias"):
+      out[f"visual.{ours}.{kind}"] = sd[f"vision_model.{theirs}.{kind}"]
+  out["visual.proj"] = sd["visual_projection.weight"].T.contiguous()
+  out["token_embedding.weight"] = sd["text_model.embeddings.token_embedding.weight"]
+  out["positional_embedding"] = sd["text_model.embeddings.position_embedding.weight"]
+  for kind in ("weight", "bias"):
+    out[f"ln_final.{kind}"] = sd[f"text_model.final_layer_norm.{kind}"]
+  out["text_projection"] = sd["text_projection.weight"].T.contiguous()
+  return out
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_openai_format_same_outputs(hf, inputs, reference, tmp_path, suffix):
+  sd = _openai_state_dict(hf[0])
+  path = tmp_path / f"openai{suffix}"
+  if suffix == ".pt":
+    torch.save(sd, path)
+  else:
+    from safetensors.torch import save_file
+    save_file(sd, str(path))
+  # OpenAI dicts carry no head count (OpenAI's rule is width // 64); these widths need it given.
+  model, tok = checkpoints.load_pretrained(path, vision_heads=3, text_heads=5)
+  assert tok is None
+  images, ids = inputs
+  np.testing.assert_allclose(np.asarray(encode_image(model, jnp.asarray(images))), reference[0], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(encode_text(model, jnp.asarray(ids))), reference[1], atol=ATOL, rtol=0)
+
+
+def test_openai_heads_rule_is_width_over_64():
+  tiny = clip_lib.get_config("tiny")
+  abstract = nnx.eval_shape(lambda: clip_lib.CLIP(tiny, rngs=nnx.Rngs(0)))
+  flat = {k: np.zeros(s, np.float32) for k, s in params_lib.flatten_shapes(abstract).items()}
+  sd = params_lib.nnx_to_openai(flat, tiny)
+  cfg = params_lib.config_from_openai(sd)
+  assert cfg.vision_heads == 128 // 64 and cfg.text_heads == 128 // 64
+  assert cfg.vision_layers == 3 and cfg.text_layers == 2 and cfg.image_size == 64
+
+
+def test_context_truncation_is_exact(loaded, inputs):
+  _, ids = inputs
+  assert templates.longest(ids) == 17
+  full = np.asarray(encode_text(loaded, jnp.asarray(ids)))
+  for length in (17, 30):
+    short = np.asarray(encode_text(loaded, jnp.asarray(ids[:, :length])))
+    np.testing.assert_allclose(short, full, atol=1e-6, rtol=0)
+  with pytest.raises(ValueError, match="context length"):
+    loaded.encode_text(jnp.zeros((1, 78), jnp.int32))
+
+
+def test_bfloat16_compute_float32_params(hf, inputs, reference):
+  model, _ = checkpoints.load_pretrained(hf[1], dtype="bfloat16")
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  images, ids = inputs
+  u = encode_image(model, jnp.asarray(images))
+  assert u.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(u, np.float32), reference[0], atol=0.1 * np.abs(reference[0]).max())
+
+
+def test_presets():
+  assert clip_lib.get_config() == clip_lib.get_config("ViT-B/32")
+  assert clip_lib.get_config("vit_b16").patch_size == 16
+  l14 = clip_lib.get_config("ViT-L/14")
+  assert (l14.vision_width, l14.vision_layers, l14.embed_dim) == (1024, 24, 768)
+  tiny = clip_lib.get_config("tiny")
+  assert (tiny.vocab_size, tiny.context_length, tiny.image_size) == (49408, 77, 64)
+  with pytest.raises(KeyError, match="unknown CLIP preset"):
+    clip_lib.get_config("ViT-H/14")
+  # ViT-B/32 has OpenAI's 151,277,313 parameters less logit_scale (not kept).
+  abstract = nnx.eval_shape(lambda: clip_lib.CLIP(clip_lib.get_config(), rngs=nnx.Rngs(0)))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert n == 151_277_313 - 1
+
+
+def test_image_shape_error(loaded):
+  with pytest.raises(ValueError, match=r"\(B, 40, 40, 3\)"):
+    loaded.encode_image(jnp.zeros((1, 32, 32, 3)))
