@@ -68,11 +68,17 @@ def make_schedule(name: str, base_lr: float, *, total_steps: int, steps_per_epoc
   if name == "cosine":
     return optax.cosine_decay_schedule(base_lr, max(total_steps, 1), alpha=eta_min / base_lr if base_lr else 0.0)
   if name == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, base_lr, max(warmup_steps, 1), max(total_steps, 2),
+    warmup_steps = min(max(warmup_steps, 1), max(total_steps - 1, 1))
+    return optax.warmup_cosine_decay_schedule(0.0, base_lr, warmup_steps, max(total_steps, warmup_steps + 1),
                                               end_value=eta_min)
   if name == "release_cosine":
     return release_cosine(base_lr, steps_per_epoch, t_max, eta_min)
   raise ValueError(f"unknown lr schedule {name!r}; expected constant, cosine, warmup_cosine or release_cosine")
+
+
+def model_optimizer(schedule: optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay, as torch.optim.AdamW) on a learning-rate schedule."""
+  return optax.adamw(schedule, weight_decay=weight_decay)
 
 
 # --------------------------------------------------------------- loss function

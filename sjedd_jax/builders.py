@@ -1,0 +1,256 @@
+"""Turning a config into objects: the dataset directory, pipeline configs, the model.
+
+Shared by ``train``, ``evaluate``, ``predict`` and ``scripts/benchmark.py``, so
+they all read a config the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sjedd_jax import hierarchy as hierarchy_lib
+from sjedd_jax import labels as labels_lib
+from sjedd_jax.data import manifest
+from sjedd_jax.data import pipeline
+
+
+class ConfigError(ValueError):
+  """A config that cannot be run, with what is missing and how to get it."""
+
+
+_WEIGHTS_HELP = (
+    "Give a local CLIP checkpoint with --config.model.pretrained=PATH: a Hugging Face directory "
+    "(config.json + model.safetensors, e.g. a saved openai/clip-vit-base-patch32), an OpenAI .pt file "
+    "(ViT-B-32.pt), or a file made by scripts/convert_checkpoint.py. Weights cannot be downloaded at run time.")
+
+
+def preflight(config: ml_collections.ConfigDict) -> None:
+  """Fails at once, naming everything missing (data and weights), before any work starts."""
+  problems = []
+  if config.data.kind == "manifest":
+    try:
+      dataset_dir(config)
+    except ConfigError as e:
+      problems.append(f"data: {e}")
+  m = config.model
+  if m.pretrained and not os.path.exists(os.path.expanduser(m.pretrained)):
+    problems.append(f"weights: config.model.pretrained={m.pretrained!r} does not exist. {_WEIGHTS_HELP}")
+  elif not m.pretrained and m.get("require_pretrained", False):
+    problems.append(f"weights: config.model.pretrained is empty and this config needs pretrained CLIP "
+                    f"weights. {_WEIGHTS_HELP}")
+  if problems:
+    raise ConfigError("cannot start:\n  - " + "\n  - ".join(problems))
+
+
+# ---------------------------------------------------------------------- data
+def dataset_dir(config: ml_collections.ConfigDict, progress: bool = True) -> str:
+  """The prepared dataset directory: generated (synthetic) or checked (manifest)."""
+  kind = config.data.kind
+  if kind == "synthetic":
+    from sjedd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    params = dict(config.data.synthetic)
+    expand = params.pop("expand", True)
+    return synthetic.ensure_synthetic(config.data.cache_dir, expand=expand, progress=progress, **params)
+  if kind == "manifest":
+    d = os.path.expanduser(config.data.dir or "")
+    if not d:
+      raise ConfigError(
+          "config.data.dir is empty: give the prepared (expanded) FF++ directory, e.g. "
+          "--config.data.dir=/data/ffpp_expanded. Make it with scripts/preprocess_ffpp.py on a local "
+          "FF++ tree, then scripts/expand_dataset.py (see docs/data.md). FF++ cannot be downloaded "
+          "by this tool: request access at https://github.com/ondyari/FaceForensics.")
+    if not os.path.exists(os.path.join(d, manifest.MANIFEST)):
+      raise ConfigError(
+          f"no {manifest.MANIFEST} in config.data.dir={d!r} (looked for "
+          f"{os.path.join(d, manifest.MANIFEST)}). Prepare it with scripts/preprocess_ffpp.py and "
+          "scripts/expand_dataset.py (docs/data.md).")
+    return d
+  raise ConfigError(f"config.data.kind={kind!r}; expected 'synthetic' or 'manifest'")
+
+
+def _sources(value) -> list[str] | None:
+  if value is None or value == "":
+    return None
+  if isinstance(value, str):
+    return [s.strip() for s in value.split(",") if s.strip()]
+  return list(value)
+
+
+def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
+                train: bool, num_nodes: int) -> pipeline.DataConfig:
+  """A pipeline config for one split; train sources apply to the training split only."""
+  sources = None
+  if train and _sources(config.data.get("train_sources")) is not None:
+    # Cross-manipulation protocol: real faces, the chosen methods and the expansion.
+    sources = ["real"] + _sources(config.data.train_sources) + list(labels_lib.AUG_SOURCES)
+  return pipeline.DataConfig(
+      data_dir=data_dir, split=split, sources=sources,
+      image_size=config.data.image_size,
+      batch_size=config.batch_size if train else config.eval_batch_size,
+      num_nodes=num_nodes,
+      unobserved_as_zero=config.data.unobserved_as_zero,
+      binary_only=config.data.binary_only,
+      perturb_probability=config.data.perturb_probability if train else 0.0,
+      seed=config.seed,
+      workers=config.data.workers,
+      skip_unreadable=config.data.skip_unreadable,
+  )
+
+
+def test_sets(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, tuple[str, str]]:
+  """Named test sets: the main dataset's test split plus ``config.test_sets`` ("name=dir,...")."""
+  out = {"test": (data_dir, "test")}
+  extra = config.get("test_sets")
+  if extra:
+    for item in extra.split(","):
+      if "=" not in item:
+        raise ConfigError(f"config.test_sets item {item!r} is not name=directory")
+      name, d = (s.strip() for s in item.split("=", 1))
+      out[name] = (os.path.expanduser(d), "test")
+  return out
+
+
+def hierarchy(config: ml_collections.ConfigDict) -> hierarchy_lib.LabelHierarchy:
+  return hierarchy_lib.get(config.hierarchy)
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+# --------------------------------------------------------------------- model
+class SplitModel(NamedTuple):
+  """A model taken apart for pure functions: ``scores_fn(params, images) -> (B, n)``."""
+  model: Any                 # the SJEDD nnx.Module (its structure; params may be stale)
+  graphdef: Any
+  params: Any                # trainable nnx.State
+  rest: Any                  # everything else (frozen params, constants)
+  scores_fn: Callable
+
+
+def _model_options(config, hierarchy) -> dict[str, Any]:
+  m = config.model
+  head = {"joint": "text", "text": "text", "linear": "linear"}.get(m.head)
+  if head is None:
+    raise ConfigError(f"config.model.head={m.head!r}; expected 'joint' (text tower) or 'linear' (image-only)")
+  return dict(hierarchy=hierarchy, templates=m.templates, tau=m.tau, similarity=m.similarity,
+              cosine_tau=m.get("cosine_tau", 0.01), head=head, freeze_text=m.freeze_text,
+              text_context=m.text_context or None, per_level_passes=m.get("per_level_passes", False))
+
+
+def model(config, hierarchy):
+  """The SJEDD model of ``config.model``: a pretrained CLIP from a local path, or a fresh preset."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
+  m = config.model
+  opts = _model_options(config, hierarchy)
+  if m.pretrained:
+    path = os.path.expanduser(m.pretrained)
+    if not os.path.exists(path):
+      raise ConfigError(f"config.model.pretrained={m.pretrained!r} does not exist. {_WEIGHTS_HELP}")
+    return sjedd.from_pretrained(path, dtype=m.dtype, **opts)
+  return sjedd.build(m.clip, dtype=m.dtype, rngs=nnx.Rngs(config.seed), **opts)
+
+
+def split_model(model_, config=None) -> SplitModel:
+  del config
+  from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
+  graphdef, params, rest = sjedd.split(model_)
+  return SplitModel(model_, graphdef, params, rest, sjedd.scores_fn(graphdef, rest))
+
+
+EXPORT_META = "sjedd.json"
+
+
+def export(split: SplitModel, params, config, out_dir: str) -> str:
+  """Writes an inference export: the CLIP (``load_pretrained`` format) plus ``sjedd.json``.
+
+  ``sjedd.json`` holds the SJEDD options (tau, similarity, head, hierarchy graph,
+  template ids) and the training config; a linear head goes to ``head.safetensors``.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.checkpoints import save_pretrained  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return out_dir
+  m = nnx.merge(split.graphdef, jax.device_get(params), split.rest)
+  tmp = out_dir + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  save_pretrained(m.clip, tmp, source="sjedd_jax.train")
+  meta = {
+      "hierarchy": m.hierarchy.to_dict(), "tau": m.tau, "similarity": m.similarity,
+      "cosine_tau": m.cosine_tau, "head": m.head_kind, "freeze_text": m.freeze_text,
+      "text_context": m.text_context, "template_ids": [list(r) for r in m.template_ids],
+      "image_size": m.clip.config.image_size, "config": to_dict(config),
+  }
+  if m.head_kind == "linear":
+    save_file({"kernel": np.asarray(m.head.kernel.value), "bias": np.asarray(m.head.bias.value)},
+              os.path.join(tmp, "head.safetensors"))
+  with open(os.path.join(tmp, EXPORT_META), "w") as f:
+    json.dump(meta, f, indent=2, default=str)
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+  return out_dir
+
+
+def load_export(path: str, dtype: str | None = None):
+  """The SJEDD model saved by ``export`` (no config needed)."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
+  meta_path = os.path.join(path, EXPORT_META)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{path}: no {EXPORT_META}; not a model exported by sjedd_jax.train")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  clip, tokenizer = load_pretrained(path, dtype=dtype)
+  cfg = sjedd.SJEDDConfig(hierarchy=hierarchy_lib.LabelHierarchy.from_dict(meta["hierarchy"]), tau=meta["tau"],
+                          similarity=meta["similarity"], cosine_tau=meta["cosine_tau"], head=meta["head"],
+                          freeze_text=meta["freeze_text"], text_context=meta["text_context"] or None)
+  ids = np.asarray(meta["template_ids"], np.int32) if meta["template_ids"] else None
+  model_ = sjedd.SJEDD(clip, cfg, tokenizer=tokenizer, template_ids=ids)
+  if meta["head"] == "linear":
+    head = load_file(os.path.join(path, "head.safetensors"))
+    model_.head.kernel.value = jnp.asarray(head["kernel"])
+    model_.head.bias.value = jnp.asarray(head["bias"])
+  return model_
+
+
+def load_for_inference(config, hierarchy_, workdir: str | None, which: str = "best"):
+  """``(SplitModel, params)`` from a workdir checkpoint ("best"/"latest") or an export directory."""
+  if which not in ("best", "latest"):
+    split = split_model(load_export(os.path.expanduser(which), dtype=config.model.dtype if config else None))
+    return split, split.params
+  if config is None or workdir is None:
+    raise ConfigError(f"--checkpoint={which} needs --config and --workdir")
+  from sjedd_jax import checkpointing, train_step as ts  # pylint: disable=g-import-not-at-top
+  split = split_model(model(config, hierarchy_))
+  mesh = ts.data_mesh()
+  ckpt = checkpointing.Checkpointer(workdir)
+  abstract = ts.shard_state(_abstract_train_state(config, split), mesh)
+  state, _, _ = ckpt.restore(abstract, which=which)
+  ckpt.close()
+  return split, state.params
+
+
+def _abstract_train_state(config, split: SplitModel):
+  """A TrainState with the run's structure (for restoring; values are not used)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  w = config.weighting
+  weighting = ts.make_weighting(w.kind, lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method, radius=w.radius,
+                                update_every=w.update_every, fixed=tuple(w.fixed))
+  opt = ts.model_optimizer(optax.constant_schedule(0.0), config.optim.weight_decay)  # same structure
+  return ts.init_state(split.params, opt, weighting)

@@ -1,0 +1,243 @@
+r"""Trains SJEDD: ``python -m sjedd_jax.train --config configs/ffpp.py --workdir DIR``.
+
+Config values can be overridden on the command line, big_vision style:
+``--config.batch_size=64 --config.weighting.method=jvp``.
+
+The run resumes from ``DIR/ckpt`` when it holds a checkpoint; a resumed run ends
+with the same parameters as an uninterrupted one. At the end the held-out test
+metrics are printed and written to ``DIR/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm.auto import tqdm
+
+from sjedd_jax import builders, checkpointing, evaluator as evaluator_lib, train_step as ts, writers
+from sjedd_jax.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a get_config() module).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+
+
+def _maybe_init_distributed(config) -> None:
+  d = config.distributed
+  if d.coordinator_address:
+    jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                               process_id=d.process_id)
+
+
+def enable_compilation_cache(path: str) -> None:
+  """Persistent XLA compilation cache: a rerun or resume skips recompiling the step."""
+  if path:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _profile_range(spec: str) -> tuple[int, int] | None:
+  if not spec:
+    return None
+  try:
+    a, b = (int(x) for x in str(spec).split(","))
+  except ValueError:
+    raise builders.ConfigError(f"config.profile_steps={spec!r}: expected 'first,last' step numbers") from None
+  if not 0 <= a < b:
+    raise builders.ConfigError(f"config.profile_steps={spec!r}: need 0 <= first < last")
+  return a, b
+
+
+def _to_host(metrics: dict) -> dict[str, float]:
+  """Device metrics -> flat floats (vectors become name/0, name/1, ...)."""
+  out = {}
+  for k, v in jax.device_get(metrics).items():
+    v = np.asarray(v)
+    if v.ndim == 0:
+      out[k] = float(v)
+    else:
+      for i, x in enumerate(v.reshape(-1)):
+        out[f"{k}/{i + 1}"] = float(x)
+  return out
+
+
+def run(config, workdir: str, *, progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+  """Trains (or resumes) in ``workdir``; returns the final metrics.
+
+  ``stop_after``: stop (with a checkpoint) after this many total steps, as if the
+  process had been killed there; used by the resume test.
+  """
+  t_start = time.time()
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  _maybe_init_distributed(config)
+  enable_compilation_cache(config.get("compilation_cache_dir", ""))
+  if config.profiler_port:
+    jax.profiler.start_server(config.profiler_port)
+  profile = _profile_range(config.profile_steps)
+
+  builders.preflight(config)
+  hierarchy = builders.hierarchy(config)
+  data_dir = builders.dataset_dir(config, progress=progress)
+  train_cfg = builders.data_config(config, data_dir, "train", train=True, num_nodes=hierarchy.num_nodes)
+  train_data = pipeline.load(train_cfg)
+  steps_per_epoch = pipeline.steps_per_epoch(train_cfg, train_data)
+  total_steps = config.total_steps or config.num_epochs * steps_per_epoch
+
+  model = builders.model(config, hierarchy)
+  split = builders.split_model(model, config)
+  task_losses_fn = ts.make_task_losses_fn(split.scores_fn, hierarchy, config.loss)
+  schedule = ts.make_schedule(config.optim.schedule, config.optim.lr, total_steps=total_steps,
+                              steps_per_epoch=steps_per_epoch, warmup_steps=config.optim.warmup_steps,
+                              t_max=config.optim.t_max, eta_min=config.optim.eta_min)
+  model_opt = ts.model_optimizer(schedule, config.optim.weight_decay)
+  w = config.weighting
+  weighting = ts.make_weighting(w.kind, lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method,
+                                radius=w.radius, update_every=w.update_every, fixed=tuple(w.fixed))
+  step_fn = ts.make_train_step(task_losses_fn, weighting, model_opt, schedule, config.optim.weight_decay)
+
+  mesh = ts.data_mesh()
+  if config.batch_size % mesh.devices.size:
+    raise builders.ConfigError(f"batch_size={config.batch_size} is not divisible by the "
+                               f"{mesh.devices.size} devices")
+  if config.eval_batch_size % mesh.devices.size:
+    raise builders.ConfigError(f"eval_batch_size={config.eval_batch_size} is not divisible by the "
+                               f"{mesh.devices.size} devices")
+  local_cfg = pipeline.DataConfig(**{**train_cfg.__dict__,
+                                     "batch_size": config.batch_size // jax.process_count()})
+  train_it, val_it = pipeline.train_streams(local_cfg, train_data)
+  state = ts.shard_state(ts.init_state(split.params, model_opt, weighting), mesh)
+  compiled = ts.compile_train_step(step_fn, mesh)
+  evaluator = evaluator_lib.Evaluator(split, hierarchy, mesh)
+
+  ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_ckpts)
+  meta = {"config": builders.to_dict(config), "data_dir": data_dir, "total_steps": total_steps,
+          "steps_per_epoch": steps_per_epoch}
+  start = ckpt.latest_step() or 0
+  if start:
+    state, data_state, _ = ckpt.restore(state)
+    train_it.set_state(data_state["train"])
+    val_it.set_state(data_state["val"])
+    logging.info("resumed from step %d in %s", start, workdir)
+  writer = writers.MetricWriter(workdir, resume_step=start if start else None)
+  val_cfg = builders.data_config(config, data_dir, "val", train=False, num_nodes=hierarchy.num_nodes)
+
+  def data_state():
+    return {"train": train_it.get_state(), "val": val_it.get_state()}
+
+  def validate(step):
+    res = evaluator.run(val_cfg, params=state.params, progress=False)
+    m = {"val/frame_auc": res["frame"]["auc"], "val/frame_acc": res["frame"]["acc"]}
+    if res.get("video"):
+      m["val/video_auc"] = res["video"]["auc"]
+    writer.scalars(step, m)
+    ckpt.save_best(step, state, data_state(), meta, m)
+    return m
+
+  end = total_steps if stop_after is None else min(total_steps, stop_after)
+  bar = tqdm(total=total_steps, initial=start, desc="train", unit="step", disable=not progress,
+             dynamic_ncols=True)
+  eval_every = config.eval_every or steps_per_epoch
+  t_log, n_log = time.time(), 0
+  metrics_host: dict[str, float] = {}
+  for step in range(start, end):
+    if profile and step == profile[0]:
+      jax.profiler.start_trace(os.path.join(workdir, "profile"))
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      train_b, val_b = next(train_it), next(val_it)
+      state, metrics = compiled(state, ts.global_batch(train_b, mesh), ts.global_batch(val_b, mesh))
+    n_log += 1
+    done = step + 1
+    if profile and done == profile[1]:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+    if done % config.log_every == 0 or done == end:
+      metrics_host = _to_host(metrics)  # the only host sync in the loop
+      dt = time.time() - t_log
+      metrics_host["steps_per_s"] = n_log / dt
+      metrics_host["images_per_s"] = n_log * config.batch_size / dt
+      writer.scalars(done, metrics_host)
+      bar.set_postfix({"loss": f"{metrics_host['loss/primary']:.3f}",
+                       "lam": ",".join(f"{metrics_host[f'lambda/{i}']:.2f}" for i in (1, 2, 3)),
+                       "img/s": f"{metrics_host['images_per_s']:.0f}"})
+      t_log, n_log = time.time(), 0
+    bar.update(1)
+    if done % eval_every == 0 and done < total_steps:
+      bar.write(f"step {done}: " + ", ".join(f"{k}={v:.4f}" for k, v in validate(done).items()))
+    if done % config.ckpt_every == 0 or done == end:
+      ckpt.save(done, state, data_state(), meta, force=True)
+  bar.close()
+  ckpt.wait()
+
+  if end < total_steps:  # stopped early on purpose
+    ckpt.close()
+    writer.close()
+    return {"stopped_at": end, "params": jax.device_get(state.params)}
+
+  final_val = validate(total_steps)
+  ckpt.wait()
+  # Model selection on the validation split, then the held-out test sets.
+  best_state = state
+  if ckpt.best_value() is not None:
+    best_state, _, best_meta = ckpt.restore(state, which="best")
+    logging.info("testing the best checkpoint (val AUC %.4f)", ckpt.best_value())
+  results, curves = {}, {}
+  for name, (d, split_name) in builders.test_sets(config, data_dir).items():
+    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes)
+    results[name], curves[name] = evaluator.run(cfg, params=best_state.params, progress=progress,
+                                                return_scores=True)
+  export_dir = os.path.join(workdir, "export")
+  builders.export(split, best_state.params, config, export_dir)
+  final = {
+      "test/frame_auc": results["test"]["frame"]["auc"],
+      "test/video_auc": (results["test"].get("video") or {}).get("auc"),
+      "test/frame_acc": results["test"]["frame"]["acc"],
+      **{k: v for k, v in final_val.items()},
+      "best_val/frame_auc": ckpt.best_value(),
+      "steps": total_steps,
+      "wall_time_s": time.time() - t_start,
+      "final_train_metrics": metrics_host,
+      "test_sets": {k: {"frame_auc": r["frame"]["auc"], "video_auc": (r.get("video") or {}).get("auc")}
+                    for k, r in results.items()},
+  }
+  if jax.process_index() == 0:
+    evaluator_lib.write_report(workdir, results, curves)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(final, f, indent=2, default=lambda x: None)
+  writer.scalars(total_steps, {k: v for k, v in final.items() if isinstance(v, float)})
+  writer.close()
+  ckpt.close()
+  return final
+
+
+def main(argv):
+  pylogging.getLogger("jax._src.xla_bridge").setLevel(pylogging.WARNING)
+  if not flags.FLAGS["verbosity"].present:  # orbax is chatty at INFO; -v 0 brings it back
+    logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  try:
+    final = run(_CONFIG.value, _WORKDIR.value)
+  except builders.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"held-out test frame AUC: {final['test/frame_auc']:.4f}"
+        + (f", video AUC: {final['test/video_auc']:.4f}" if final.get("test/video_auc") is not None else "")
+        + f"  ({final['wall_time_s']:.0f} s; metrics in {os.path.join(_WORKDIR.value, 'metrics.json')})")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
