@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -72,8 +73,17 @@ def _import_torch(path):
   return torch
 
 
-class _ReleaseConfigNode(dict):
-  """Stands in for ``yacs.config.CfgNode``, which the release pickles into checkpoints."""
+class _ReleaseConfigNode:
+  """Stands in for ``yacs.config.CfgNode``, which the release pickles into its checkpoints.
+
+  The weights-only unpickler fills only plain dict types, so the node is read
+  back as an ``OrderedDict`` (its items; yacs' flags land in its ``__dict__``).
+  No code from the file runs and yacs need not be installed.
+  """
+
+  def __new__(cls, *args, **kwargs):
+    del args, kwargs
+    return collections.OrderedDict()
 
 
 def _to_numpy(v) -> np.ndarray:
@@ -99,8 +109,12 @@ def _torch_load(path: str) -> Any:
     with torch.serialization.safe_globals(allowed):
       return torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "weights_only" in str(e) or "Unsupported global" in str(e):
+    text = str(e).strip()
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    detail = [l for l in lines if "Unsupported global" in l or l.startswith("Can only")
+              or "WeightsUnpickler" in l]
+    msg = (detail or lines or [type(e).__name__])[0]
+    if "weights_only" in text or "Unsupported global" in text:
       raise CheckpointError(
           f"{path}: torch.load(weights_only=True) refused it ({msg}). If you trust the file, "
           "re-save only its tensors: torch.save(torch.load(p, weights_only=False)['model'], 'sd.pt')") from e
