@@ -87,7 +87,10 @@ def _sources(value) -> list[str] | None:
 
 def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
                 train: bool, num_nodes: int) -> pipeline.DataConfig:
-  """A pipeline config for one split; train sources apply to the training split only."""
+  """A pipeline config for one split; train sources apply to the training split only.
+
+  Batch sizes in the config are global; each process reads its share.
+  """
   sources = None
   if train and _sources(config.data.get("train_sources")) is not None:
     # Cross-manipulation protocol: real faces, the chosen methods and the expansion.
@@ -95,7 +98,7 @@ def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
   return pipeline.DataConfig(
       data_dir=data_dir, split=split, sources=sources,
       image_size=config.data.image_size,
-      batch_size=config.batch_size if train else config.eval_batch_size,
+      batch_size=(config.batch_size if train else config.eval_batch_size) // jax.process_count(),
       num_nodes=num_nodes,
       unobserved_as_zero=config.data.unobserved_as_zero,
       binary_only=config.data.binary_only,

@@ -35,6 +35,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 def _maybe_init_distributed(config) -> None:
   d = config.distributed
   if d.coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process collectives
     jax.distributed.initialize(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
                                process_id=d.process_id)
 
@@ -113,9 +114,7 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   if config.eval_batch_size % mesh.devices.size:
     raise builders.ConfigError(f"eval_batch_size={config.eval_batch_size} is not divisible by the "
                                f"{mesh.devices.size} devices")
-  local_cfg = pipeline.DataConfig(**{**train_cfg.__dict__,
-                                     "batch_size": config.batch_size // jax.process_count()})
-  train_it, val_it = pipeline.train_streams(local_cfg, train_data)
+  train_it, val_it = pipeline.train_streams(train_cfg, train_data)
   state = ts.shard_state(ts.init_state(split.params, model_opt, weighting), mesh)
   compiled = ts.compile_train_step(step_fn, mesh)
   evaluator = evaluator_lib.Evaluator(split, hierarchy, mesh)
