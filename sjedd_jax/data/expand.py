@@ -239,6 +239,7 @@ def plan(records: Sequence[manifest.Record], data_dir: str, *, seed: int = 0, mo
                          "the expansion needs 68 landmarks per real/Deepfakes/FaceSwap face")
   method_sources = sorted({r.source for r in originals if r.is_fake})
   num_real = {s: sum(r.split == s for r in real) for s in manifest.SPLITS}
+  share = {} if per_region is None else apportion(per_region, num_real)
   jobs = []
   names = list(regions) if mode == "regions" else [XRAY_SOURCE]
   for split in manifest.SPLITS:
@@ -249,7 +250,7 @@ def plan(records: Sequence[manifest.Record], data_dir: str, *, seed: int = 0, mo
       counts = [sum(r.split == split and r.source == m for r in originals) for m in method_sources]
       count = max(counts) if counts else len(targets)
     else:
-      count = int(round(per_region * num_real[split] / sum(num_real.values())))
+      count = share[split]
     if mode == "xray":
       count *= len(regions)
     if count == 0:
@@ -276,6 +277,16 @@ def plan(records: Sequence[manifest.Record], data_dir: str, *, seed: int = 0, mo
                          path=f"{source_name}/{split}/{i:06d}_{stem}.png",
                          seed=[seed, ri, manifest.SPLITS.index(split), i]))
   return jobs
+
+
+def apportion(total: int, weights: dict[str, int]) -> dict[str, int]:
+  """Splits ``total`` into integers proportional to ``weights`` (largest remainders), summing to ``total``."""
+  w = np.asarray(list(weights.values()), np.float64)
+  exact = total * w / w.sum()
+  out = np.floor(exact).astype(int)
+  for i in np.argsort(-(exact - out), kind="stable")[: total - out.sum()]:
+    out[i] += 1
+  return dict(zip(weights, out.tolist()))
 
 
 def _xray_params(rng: np.random.Generator) -> dict:
@@ -315,8 +326,7 @@ def _run_job_star(args):
 def _fingerprint(originals: Sequence[manifest.Record], config: dict) -> str:
   h = hashlib.sha1(json.dumps(config, sort_keys=True).encode())
   for r in originals:
-    h.update(r.path.encode())
-    h.update(b"\0")
+    h.update(r.to_json().encode())
   return h.hexdigest()[:16]
 
 

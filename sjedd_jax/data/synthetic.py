@@ -617,7 +617,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, num_identities: int =
       generator=dict(params=params, fingerprint=_fingerprint(params), num_records=len(records), counts=counts,
                      complete=True))
   manifest.write(out_dir, records)
-  manifest.write_metadata(out_dir, dict(manifest.read_metadata(out_dir), **metadata))
+  manifest.write_metadata(out_dir, metadata)  # fresh: drops the record of any earlier expansion
   return out_dir
 
 
