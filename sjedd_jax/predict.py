@@ -1,0 +1,334 @@
+r"""Predicts P(fake), node marginals and an explanation for images, videos or folders.
+
+    python -m sjedd_jax.predict --export WORKDIR/export photo.jpg clip.mp4 some_folder/
+    python -m sjedd_jax.predict --release ckpt_epoch_19.pth --out preds.jsonl --plots plots/ DIR
+    python -m sjedd_jax.predict --config configs/ffpp.py --workdir WORKDIR --checkpoint latest x.png
+
+Folders are searched recursively for image and video files (``data.videos``'
+extensions). In each image (or each of ``--num_frames`` evenly sampled video
+frames) the largest face is found by dlib, cropped as in preprocessing (a square
+1.3x the face box, saved at ``--crop_size`` px) and resized to the model's input
+size with ``preprocess.preprocess_np``; ``--no_detect`` takes inputs as face crops
+already. A video's P(fake) and marginals are the mean over its frames with a face.
+
+One JSON line per input file goes to stdout (or ``--out``)::
+
+    {"path": "x.png", "kind": "image", "p_fake": 0.97, "fake": true,
+     "marginals": {"fake": 0.97, "identity": 0.03, ...},
+     "explanation": "The face image is fake because ...", "globals": [...], "locals": [...],
+     "num_faces": 1, "box": [x0, y0, x1, y1]}
+
+videos add ``num_frames`` (sampled), ``frames`` (index, P(fake), box of each frame
+with a face); a file that cannot be used gets ``{"path", "kind", "error"}``
+("unreadable image: ...", "no face detected", ...) and the run goes on. The exit
+code is 0 unless no file at all could be scored. ``--plots DIR`` writes a bar chart
+of each file's marginals (``explain.plot_marginals``).
+
+From Python (no subprocess)::
+
+    split = builders.split_model(builders.load_export("WORKDIR/export"))
+    results = predict_files(split, split.params, split.model.hierarchy, ["x.png"],
+                            detector=faces.DlibDetector())
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm.auto import tqdm
+
+from sjedd_jax import builders, explain as explain_lib, preprocess as clip_preprocess
+from sjedd_jax.data import faces as faces_lib
+from sjedd_jax.data import videos
+
+__all__ = ["predict_files", "collect_inputs", "face_crops", "Predictor"]
+
+
+# ----------------------------------------------------------------- inputs
+def collect_inputs(paths: Iterable[str]) -> list[str]:
+  """Files to predict: given files as they are, folders searched recursively (sorted).
+
+  Folders contribute files with an image or video extension; a file named
+  explicitly is kept whatever its extension (it is read as an image unless it has
+  a video extension). Missing paths are kept, to be reported as errors.
+  """
+  out = []
+  for p in paths:
+    p = os.path.expanduser(p)
+    if os.path.isdir(p):
+      found = []
+      for root, dirs, files in os.walk(p):
+        dirs.sort()
+        found += [os.path.join(root, f) for f in files if videos.is_image(f) or videos.is_video(f)]
+      out += sorted(found)
+    else:
+      out.append(p)
+  return out
+
+
+def face_crops(frame: np.ndarray, detector: faces_lib.Detector | None, image_size: int, *,
+               crop_scale: float = 1.3, crop_size: int | None = 317):
+  """``(model input (S, S, 3) float32, face box or None)``; ``(None, None)`` when no face.
+
+  With a detector: the largest face, cropped ``crop_scale`` x its box and saved at
+  ``crop_size`` like preprocessing, then ``preprocess_np`` to ``image_size``.
+  Without (``None``): the whole frame is the face.
+  """
+  if detector is None:
+    return clip_preprocess.preprocess_np(frame, image_size), None
+  face = detector(frame)
+  if face is None:
+    return None, None
+  crop, _ = faces_lib.crop_face(frame, face, scale=crop_scale, size=crop_size or None)
+  return clip_preprocess.preprocess_np(crop, image_size), [round(float(v), 1) for v in face.box]
+
+
+# ------------------------------------------------------------------ model
+class Predictor:
+  """A fixed-size batch of faces through one jitted marginals function (compiles once).
+
+  Data parallel over all devices (``evaluator.Evaluator``); the batch is rounded up
+  to a multiple of the device count and short batches are zero padded.
+  """
+
+  def __init__(self, split: builders.SplitModel, params, hierarchy, batch_size: int = 32):
+    from sjedd_jax import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
+    self.evaluator = evaluator_lib.Evaluator(split, hierarchy)
+    n_dev = self.evaluator.mesh.devices.size
+    self.batch_size = max(1, -(-int(batch_size) // n_dev)) * n_dev
+    self.params = params
+    self.image_size = int(split.model.clip.config.image_size)
+    self.num_nodes = hierarchy.num_nodes
+
+  def __call__(self, images: np.ndarray) -> np.ndarray:
+    """(B, S, S, 3) float32 with B <= batch_size -> (B, n) marginals as float64 numpy."""
+    b = images.shape[0]
+    if b > self.batch_size:
+      raise ValueError(f"{b} faces > batch_size {self.batch_size}")
+    batch = np.zeros((self.batch_size,) + images.shape[1:], np.float32)
+    batch[:b] = images
+    return np.asarray(self.evaluator.marginals(self.params, batch), np.float64)[:b]
+
+
+# ------------------------------------------------------------------ core
+def _safe_name(path: str) -> str:
+  name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(path)).strip("_") or "file"
+  return name[:100]
+
+
+def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence[str], *,
+                  detector: faces_lib.Detector | None, num_frames: int = 32, batch_size: int = 32,
+                  threshold: float = 0.5, crop_scale: float = 1.3, crop_size: int | None = 317,
+                  plots_dir: str | None = None, progress: bool = True,
+                  on_result: Callable[[dict], None] | None = None,
+                  predictor: Predictor | None = None) -> list[dict[str, Any]]:
+  """One result dict per file of ``collect_inputs(paths)``, in that order.
+
+  Args:
+    split, params: the model (``builders.split_model`` / ``load_for_inference``).
+    hierarchy: its ``LabelHierarchy`` (names the marginals).
+    paths: files and/or folders.
+    detector: a face detector (``faces.DlibDetector()``); None: inputs are face crops.
+    num_frames: evenly sampled frames per video (<= 0: all).
+    batch_size: faces per model call (padded).
+    threshold: for ``fake`` and the explanation.
+    crop_scale, crop_size: the crop, as in preprocessing.
+    plots_dir: write ``NNNN_<name>.png`` bar charts of the marginals here.
+    progress: tqdm bar over files on stderr.
+    on_result: called with each result as soon as it is complete (in order).
+    predictor: reuse a ``Predictor`` (and its compilation) across calls.
+  Returns:
+    The result dicts (see the module docstring); errors carry an ``"error"`` key.
+  """
+  pred = predictor or Predictor(split, params, hierarchy, batch_size)
+  files = collect_inputs(paths)
+  results: list[dict[str, Any] | None] = [None] * len(files)
+  pending: dict[int, dict[str, Any]] = {}  # file index -> {"result", "faces": [...], "need": n}
+  queue: list[tuple[int, int, np.ndarray]] = []  # (file index, face slot, model input)
+  emitted = 0
+
+  def finish(i: int, res: dict[str, Any]) -> None:
+    results[i] = res
+
+  def emit_ready() -> None:
+    nonlocal emitted
+    while emitted < len(files) and results[emitted] is not None:
+      if on_result is not None:
+        on_result(results[emitted])
+      emitted += 1
+
+  def finalise(i: int) -> None:
+    st = pending.pop(i)
+    res, marg = st["result"], np.stack(st["marginals"])
+    mean = marg.mean(0)
+    ex = explain_lib.explain_structured(mean, hierarchy, threshold,
+                                        subject="face video" if res["kind"] == "video" else "face image")
+    res.update(p_fake=float(mean[hierarchy.root]), fake=ex["fake"],
+               marginals={n: float(v) for n, v in zip(hierarchy.nodes, mean)},
+               explanation=ex["text"], globals=ex["globals"], locals=ex["locals"],
+               most_probable=ex["most_probable"], num_faces=int(marg.shape[0]))
+    if res["kind"] == "video":
+      res["frames"] = [{"frame": f, "p_fake": float(m[hierarchy.root]), "box": b}
+                       for (f, b), m in zip(st["meta"], marg)]
+    else:
+      res["box"] = st["meta"][0][1]
+    if plots_dir:
+      png = os.path.join(plots_dir, f"{i:04d}_{_safe_name(res['path'])}.png")
+      explain_lib.plot_marginals(mean, hierarchy, png, threshold,
+                                 titles=[f"{os.path.basename(res['path'])}: {ex['text']}"])
+      res["plot"] = png
+    finish(i, res)
+
+  def flush() -> None:
+    if not queue:
+      return
+    marg = pred(np.stack([q[2] for q in queue]))
+    for (i, slot, _), m in zip(queue, marg):
+      st = pending[i]
+      st["marginals"][slot] = m
+      st["need"] -= 1
+      if st["need"] == 0:
+        finalise(i)
+    queue.clear()
+    emit_ready()
+
+  for i, path in enumerate(tqdm(files, desc="predict", unit="file", disable=not progress, file=sys.stderr,
+                                dynamic_ncols=True)):
+    kind = "video" if videos.is_video(path) else "image"
+    res: dict[str, Any] = {"path": path, "kind": kind}
+    inputs, meta = [], []
+    try:
+      if kind == "video":
+        frames = list(videos.sample_frames(path, num_frames))
+        res["num_frames"] = len(frames)
+      else:
+        frames = [(0, videos.read_image(path))]
+    except videos.VideoError as e:
+      finish(i, {**res, "error": f"unreadable {kind}: {e}"})
+      emit_ready()
+      continue
+    except Exception as e:  # pylint: disable=broad-except  (a decoder crash must not stop the batch)
+      finish(i, {**res, "error": f"unreadable {kind}: {type(e).__name__}: {e}"})
+      emit_ready()
+      continue
+    try:
+      for f, rgb in frames:
+        x, box = face_crops(rgb, detector, pred.image_size, crop_scale=crop_scale, crop_size=crop_size)
+        if x is not None:
+          inputs.append(x)
+          meta.append((int(f), box))
+    except Exception as e:  # pylint: disable=broad-except
+      finish(i, {**res, "error": f"face detection failed: {type(e).__name__}: {e}"})
+      emit_ready()
+      continue
+    if not inputs:
+      err = "no face detected" + (f" in {len(frames)} sampled frames" if kind == "video" else "")
+      finish(i, {**res, "error": err})
+      emit_ready()
+      continue
+    if kind == "video" and len(inputs) < len(frames):
+      res["frames_without_face"] = len(frames) - len(inputs)
+    pending[i] = {"result": res, "marginals": [None] * len(inputs), "need": len(inputs), "meta": meta}
+    for slot, x in enumerate(inputs):
+      queue.append((i, slot, x))
+      if len(queue) == pred.batch_size:
+        flush()
+  flush()
+  emit_ready()
+  return [r for r in results if r is not None]
+
+
+# -------------------------------------------------------------------- CLI
+def load_model(*, export: str | None = None, release: str | None = None, config=None,
+               workdir: str | None = None, checkpoint: str = "best", dtype: str | None = None):
+  """``(SplitModel, params, hierarchy)`` from exactly one model source."""
+  given = [n for n, v in (("--export", export), ("--release", release), ("--config", config)) if v]
+  if len(given) != 1:
+    raise builders.ConfigError(
+        f"give exactly one model source: --export DIR, --release PATH, or --config CFG --workdir DIR "
+        f"(got {', '.join(given) or 'none'})")
+  if export:
+    split = builders.split_model(builders.load_export(os.path.expanduser(export), dtype=dtype))
+    return split, split.params, split.model.hierarchy
+  if release:
+    from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
+    path = os.path.expanduser(release)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--release={release!r} does not exist")
+    split = builders.split_model(sjedd.from_release_checkpoint(path, dtype=dtype))
+    return split, split.params, split.model.hierarchy
+  if not workdir:
+    raise builders.ConfigError("--config needs --workdir (the training workdir with the checkpoints)")
+  hierarchy = builders.hierarchy(config)
+  split, params = builders.load_for_inference(config, hierarchy, os.path.expanduser(workdir), checkpoint)
+  return split, params, hierarchy
+
+
+def define_flags() -> None:
+  """The CLI's flags. Defined on demand, not at import: absl flags are global, and
+  ``sjedd_jax.train``/``evaluate`` define ``--config``/``--workdir`` too, so importing
+  this module next to them (a test session, a notebook) must not redefine them."""
+  config_flags.DEFINE_config_file("config", None, "Training config (with --workdir).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints (with --config).")
+  flags.DEFINE_string("checkpoint", "best", "With --config/--workdir: best or latest.")
+  flags.DEFINE_string("export", None, "A model exported by training (WORKDIR/export).")
+  flags.DEFINE_string("release", None, "The authors' release checkpoint (.pth or converted dir).")
+  flags.DEFINE_string("dtype", None, "Compute dtype for --export/--release (float32, bfloat16).")
+  flags.DEFINE_string("out", None, "Write JSON lines here instead of stdout.")
+  flags.DEFINE_string("plots", None, "Directory for one PNG bar chart of marginals per file.")
+  flags.DEFINE_integer("num_frames", 32, "Evenly sampled frames per video (<= 0: all).")
+  flags.DEFINE_bool("no_detect", False, "Inputs are face crops already: no detection/cropping.")
+  flags.DEFINE_integer("batch_size", 32, "Faces per model call (padded; one compilation).")
+  flags.DEFINE_float("threshold", 0.5, "A node is altered when its marginal is above this.")
+  flags.DEFINE_integer("upsample", 1, "dlib upsampling (1 finds faces down to ~40 px; 0 is faster).")
+  flags.DEFINE_float("crop_scale", 1.3, "Crop side / face box side (preprocessing's 1.3).")
+  flags.DEFINE_integer("crop_size", 317, "Side the crop is saved at before resizing to the model's "
+                       "input, as in preprocessing (0: native).")
+
+
+def main(argv):
+  f = flags.FLAGS
+  if not f["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  inputs = argv[1:]
+  if not inputs:
+    raise app.UsageError("give image/video files or folders to predict")
+  try:
+    split, params, hierarchy = load_model(export=f.export, release=f.release, config=f.config,
+                                          workdir=f.workdir, checkpoint=f.checkpoint, dtype=f.dtype)
+  except (builders.ConfigError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  detector = None if f.no_detect else faces_lib.DlibDetector(upsample=f.upsample)
+  out = open(f.out, "w") if f.out else sys.stdout  # pylint: disable=consider-using-with
+
+  def write(res):
+    out.write(json.dumps(res) + "\n")
+    out.flush()
+
+  try:
+    results = predict_files(split, params, hierarchy, inputs, detector=detector, num_frames=f.num_frames,
+                            batch_size=f.batch_size, threshold=f.threshold, crop_scale=f.crop_scale,
+                            crop_size=f.crop_size or None, plots_dir=f.plots, on_result=write)
+  finally:
+    if out is not sys.stdout:
+      out.close()
+  ok = sum("error" not in r for r in results)
+  fake = sum(bool(r.get("fake")) for r in results)
+  print(f"predicted {ok} of {len(results)} files ({fake} fake, {len(results) - ok} errors)"
+        + (f"; results in {f.out}" if f.out else ""), file=sys.stderr)
+  if ok == 0:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
