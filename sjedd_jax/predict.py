@@ -49,7 +49,7 @@ from sjedd_jax import builders, explain as explain_lib, preprocess as clip_prepr
 from sjedd_jax.data import faces as faces_lib
 from sjedd_jax.data import videos
 
-__all__ = ["predict_files", "collect_inputs", "face_crops", "Predictor"]
+__all__ = ["predict_files", "collect_inputs", "face_crops", "Predictor", "load_model", "summary"]
 
 
 # ----------------------------------------------------------------- inputs
@@ -247,6 +247,13 @@ def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence
 
 
 # -------------------------------------------------------------------- CLI
+def summary(results: Sequence[dict]) -> tuple[str, int]:
+  """``(summary line, exit code)``: 0 when at least one file was scored, else 1."""
+  ok = sum("error" not in r for r in results)
+  fake = sum(bool(r.get("fake")) for r in results if "error" not in r)
+  return f"predicted {ok} of {len(results)} files ({fake} fake, {len(results) - ok} errors)", int(ok == 0)
+
+
 def load_model(*, export: str | None = None, release: str | None = None, config=None,
                workdir: str | None = None, checkpoint: str = "best", dtype: str | None = None):
   """``(SplitModel, params, hierarchy)`` from exactly one model source."""
@@ -321,12 +328,10 @@ def main(argv):
   finally:
     if out is not sys.stdout:
       out.close()
-  ok = sum("error" not in r for r in results)
-  fake = sum(bool(r.get("fake")) for r in results)
-  print(f"predicted {ok} of {len(results)} files ({fake} fake, {len(results) - ok} errors)"
-        + (f"; results in {f.out}" if f.out else ""), file=sys.stderr)
-  if ok == 0:
-    sys.exit(1)
+  line, code = summary(results)
+  print(line + (f"; results in {f.out}" if f.out else ""), file=sys.stderr)
+  if code:
+    sys.exit(code)
 
 
 if __name__ == "__main__":
