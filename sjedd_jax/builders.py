@@ -36,6 +36,10 @@ _WEIGHTS_HELP = (
 def preflight(config: ml_collections.ConfigDict) -> None:
   """Fails at once, naming everything missing (data and weights), before any work starts."""
   problems = []
+  try:
+    hierarchy(config)
+  except ConfigError as e:
+    problems.append(f"label graph: {e}")
   if config.data.kind == "manifest":
     try:
       dataset_dir(config)
@@ -86,17 +90,20 @@ def _sources(value) -> list[str] | None:
 
 
 def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
-                train: bool, num_nodes: int) -> pipeline.DataConfig:
-  """A pipeline config for one split; train sources apply to the training split only.
+                train: bool, num_nodes: int, sources: list[str] | None = None) -> pipeline.DataConfig:
+  """A pipeline config for one split.
 
-  Batch sizes in the config are global; each process reads its share.
+  Batch sizes in the config are global; each process reads its share. With
+  ``config.data.train_sources`` (cross-manipulation, Table III) the training and
+  validation splits keep real faces, those methods and the expansion.
+  Evaluation (``train=False``) leaves the expansion's images out: AUCs are on the
+  original data.
   """
-  sources = None
-  if train and _sources(config.data.get("train_sources")) is not None:
-    # Cross-manipulation protocol: real faces, the chosen methods and the expansion.
-    sources = ["real"] + _sources(config.data.train_sources) + list(labels_lib.AUG_SOURCES)
+  if sources is None and split in ("train", "val") and train_sources(config) is not None:
+    sources = ["real"] + train_sources(config) + list(labels_lib.AUG_SOURCES)
   return pipeline.DataConfig(
       data_dir=data_dir, split=split, sources=sources,
+      exclude_sources=() if train else tuple(labels_lib.AUG_SOURCES),
       image_size=config.data.image_size,
       batch_size=(config.batch_size if train else config.eval_batch_size) // jax.process_count(),
       num_nodes=num_nodes,
@@ -109,21 +116,63 @@ def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
   )
 
 
-def test_sets(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, tuple[str, str]]:
-  """Named test sets: the main dataset's test split plus ``config.test_sets`` ("name=dir,...")."""
-  out = {"test": (data_dir, "test")}
+def train_sources(config) -> list[str] | None:
+  return _sources(config.data.get("train_sources"))
+
+
+def test_sets(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, tuple[str, str, list[str] | None]]:
+  """Named test sets ``name -> (directory, split, sources or None)``.
+
+  The main dataset's test split; with ``config.data.train_sources`` also each
+  held-out method (with the real test faces) for the cross-manipulation protocol;
+  then every extra "name=dir" of ``config.test_sets`` (cross-dataset).
+  """
+  out = {"test": (data_dir, "test", None)}
+  trained = train_sources(config)
+  if trained is not None:
+    for method in labels_lib.FAKE_SOURCES:
+      if method not in trained and method not in labels_lib.AUG_SOURCES:
+        out[f"held_out/{method}"] = (data_dir, "test", ["real", method])
   extra = config.get("test_sets")
   if extra:
     for item in extra.split(","):
       if "=" not in item:
         raise ConfigError(f"config.test_sets item {item!r} is not name=directory")
       name, d = (s.strip() for s in item.split("=", 1))
-      out[name] = (os.path.expanduser(d), "test")
+      out[name] = (os.path.expanduser(d), "test", None)
   return out
 
 
 def hierarchy(config: ml_collections.ConfigDict) -> hierarchy_lib.LabelHierarchy:
-  return hierarchy_lib.get(config.hierarchy)
+  """The label graph: a name ("ffpp", "ffpp250"), a JSON path, or a dict in the config."""
+  if not config.hierarchy:
+    raise ConfigError("config.hierarchy is empty: give 'ffpp' or the path of a graph JSON file "
+                      '({"nodes": [...], "levels": {...}, "edges": {...}})')
+  try:
+    return hierarchy_lib.get(config.hierarchy)
+  except (hierarchy_lib.HierarchyError, OSError) as e:
+    raise ConfigError(f"config.hierarchy: {e}") from e
+
+
+def templates(config) -> str | tuple[str, ...]:
+  """``config.model.templates``: "release", "keyword", a JSON list of strings, or a JSON file of one."""
+  t = config.model.templates
+  if t in ("release", "keyword"):
+    return t
+  if not t:
+    raise ConfigError("config.model.templates is empty: give 'release', 'keyword', a JSON list of "
+                      "template strings (one per node) or a path to a JSON file with that list")
+  try:
+    if os.path.exists(os.path.expanduser(t)):
+      with open(os.path.expanduser(t)) as f:
+        value = json.load(f)
+    else:
+      value = json.loads(t)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"config.model.templates={t!r}: not 'release'/'keyword', a JSON list or a JSON file ({e})")
+  if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+    raise ConfigError(f"config.model.templates must be a list of strings, got {type(value).__name__}")
+  return tuple(value)
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -145,7 +194,7 @@ def _model_options(config, hierarchy) -> dict[str, Any]:
   head = {"joint": "text", "text": "text", "linear": "linear"}.get(m.head)
   if head is None:
     raise ConfigError(f"config.model.head={m.head!r}; expected 'joint' (text tower) or 'linear' (image-only)")
-  return dict(hierarchy=hierarchy, templates=m.templates, tau=m.tau, similarity=m.similarity,
+  return dict(hierarchy=hierarchy, templates=templates(config) if head == "text" else "release", tau=m.tau, similarity=m.similarity,
               cosine_tau=m.get("cosine_tau", 0.01), head=head, freeze_text=m.freeze_text,
               text_context=m.text_context or None, per_level_passes=m.get("per_level_passes", False))
 

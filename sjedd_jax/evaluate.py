@@ -42,8 +42,9 @@ def main(argv):
     sys.exit(2)
   evaluator = Evaluator(split, hierarchy)
   results, curves = {}, {}
-  for name, (d, split_name) in builders.test_sets(config, data_dir).items():
-    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes)
+  for name, (d, split_name, sources) in builders.test_sets(config, data_dir).items():
+    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes,
+                               sources=sources)
     results[name], curves[name] = evaluator.run(cfg, params=params, return_scores=True)
   if jax.process_index() == 0:
     write_report(out, results, curves)

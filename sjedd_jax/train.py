@@ -191,8 +191,9 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
     best_state, _, best_meta = ckpt.restore(state, which="best")
     logging.info("testing the best checkpoint (val AUC %.4f)", ckpt.best_value())
   results, curves = {}, {}
-  for name, (d, split_name) in builders.test_sets(config, data_dir).items():
-    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes)
+  for name, (d, split_name, sources) in builders.test_sets(config, data_dir).items():
+    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes,
+                               sources=sources)
     results[name], curves[name] = evaluator.run(cfg, params=best_state.params, progress=progress,
                                                 return_scores=True)
   export_dir = os.path.join(workdir, "export")

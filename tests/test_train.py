@@ -83,3 +83,14 @@ def test_missing_data_and_weights_errors(tmp_path):
   c.model.pretrained = str(tmp_path / "nope")
   with pytest.raises(builders.ConfigError, match="does not exist"):
     builders.model(c, builders.hierarchy(c))
+
+
+def test_cli_without_data_or_weights_stops_at_once(tmp_path):
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-m", "sjedd_jax.train", "--config", os.path.join(root, "configs/ffpp.py"),
+                      "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=120, cwd=root)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "config.data.dir is empty" in r.stderr and "config.model.pretrained is empty" in r.stderr
+  assert not os.path.exists(tmp_path / "w" / "ckpt")
