@@ -42,32 +42,95 @@ def cache(tmp_path_factory):
   return tmp_path_factory.mktemp("synthetic_cache")
 
 
-def test_train_runs_and_resume_is_exact(cache, tmp_path):
+@pytest.fixture(scope="module")
+def full_run(cache, tmp_path_factory):
+  """An uninterrupted tiny run: (config, workdir, final metrics)."""
   from sjedd_jax import train
   config = tiny_config(cache)
-  full = train.run(config, str(tmp_path / "full"), progress=False)
-  assert os.path.exists(tmp_path / "full" / "metrics.json")
-  metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
-  assert 0.0 <= metrics["test/frame_auc"] <= 1.0
-  assert os.path.exists(tmp_path / "full" / "export" / builders.EXPORT_META)
-  assert os.path.exists(tmp_path / "full" / "results.md")
+  workdir = str(tmp_path_factory.mktemp("full"))
+  return config, workdir, train.run(config, workdir, progress=False)
 
-  # Stop after 3 steps (as if killed after the step-3 checkpoint), then resume.
+
+def _final_params(config, workdir):
+  _, p = builders.load_for_inference(config, builders.hierarchy(config), workdir, "latest")
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(p))]
+
+
+def _assert_same_params(config, workdir_a, workdir_b):
+  a, b = _final_params(config, workdir_a), _final_params(config, workdir_b)
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_train_writes_metrics_report_and_export(full_run):
+  _, workdir, final = full_run
+  metrics = json.loads(open(os.path.join(workdir, "metrics.json")).read())
+  assert 0.0 <= metrics["test/frame_auc"] <= 1.0
+  assert metrics["test/frame_auc"] == final["test/frame_auc"]
+  assert os.path.exists(os.path.join(workdir, "export", builders.EXPORT_META))
+  assert os.path.exists(os.path.join(workdir, "results.md"))
+  assert os.path.exists(os.path.join(workdir, "roc.png"))
+  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert any("val/frame_auc" in l for l in lines)
+  assert [l["step"] for l in lines if "loss/primary" in l] == [2, 4, 6]
+
+
+def test_stop_and_resume_is_bitwise_exact(full_run, tmp_path):
+  from sjedd_jax import train
+  config, full_dir, _ = full_run
   part = str(tmp_path / "part")
-  out = train.run(config, part, progress=False, stop_after=3)
+  out = train.run(config, part, progress=False, stop_after=3)   # as if stopped after the step-3 checkpoint
   assert out["stopped_at"] == 3
   train.run(config, part, progress=False)
-  split_full, p_full = builders.load_for_inference(config, builders.hierarchy(config), str(tmp_path / "full"),
-                                                   "latest")
-  _, p_part = builders.load_for_inference(config, builders.hierarchy(config), part, "latest")
-  flat_a = jax.tree.leaves(jax.device_get(p_full))
-  flat_b = jax.tree.leaves(jax.device_get(p_part))
-  assert len(flat_a) == len(flat_b)
-  for a, b in zip(flat_a, flat_b):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  _assert_same_params(config, full_dir, part)
   lines = [json.loads(l) for l in open(os.path.join(part, "metrics.jsonl"))]
   steps = [l["step"] for l in lines if "loss/primary" in l]
   assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_kill_9_leaves_loadable_checkpoints_and_resumes_exactly(full_run, tmp_path):
+  """SIGKILL the CLI right after its first checkpoint appears; the rerun resumes and matches."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  from sjedd_jax import train
+  config, full_dir, _ = full_run
+  workdir = str(tmp_path / "killed")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  overrides = [f"--config.{k}={v}" for k, v in _flat_overrides(config).items()]
+  proc = subprocess.Popen([sys.executable, "-m", "sjedd_jax.train", "--config", os.path.join(root, "configs/synthetic.py"),
+                           "--workdir", workdir, *overrides], cwd=root, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  ckpt_dir = os.path.join(workdir, "ckpt")
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stderr.read()[-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  train.run(config, workdir, progress=False)
+  _assert_same_params(config, full_dir, workdir)
+
+
+def _flat_overrides(config):
+  """The tiny config as --config.x=y overrides of configs/synthetic.py."""
+  from configs import synthetic
+  base = synthetic.get_config()
+  out = {}
+
+  def walk(a, b, prefix):
+    for k in a.keys():
+      va, vb = a[k], b[k]
+      if hasattr(va, "keys"):
+        walk(va, vb, prefix + k + ".")
+      elif va != vb:
+        out[prefix + k] = va
+  walk(config, base, "")
+  return out
 
 
 def test_missing_data_and_weights_errors(tmp_path):
