@@ -33,6 +33,7 @@ The release's checkpoint::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,6 +91,19 @@ class SJEDDConfig:
     return dataclasses.replace(self, **kw)
 
 
+@functools.lru_cache(maxsize=None)
+def _named_hierarchy(name: str) -> hierarchy_lib.LabelHierarchy:
+  return hierarchy_lib.get(name)
+
+
+def _hierarchy(spec) -> hierarchy_lib.LabelHierarchy:
+  """Resolves a hierarchy; one shared object per name, so models built from the
+  same name share a graphdef (and jit caches)."""
+  if isinstance(spec, str) and spec in ("ffpp", "ffpp250"):
+    return _named_hierarchy(spec)
+  return hierarchy_lib.get(spec)
+
+
 class SJEDD(nnx.Module):
   """CLIP + templates + tau + label hierarchy -> scores (B, n) and marginals (B, n)."""
 
@@ -98,7 +112,7 @@ class SJEDD(nnx.Module):
                rngs: nnx.Rngs | None = None):
     config = config or SJEDDConfig()
     self.clip = clip
-    self.hierarchy = hierarchy_lib.get(config.hierarchy)
+    self.hierarchy = _hierarchy(config.hierarchy)
     n = self.hierarchy.num_nodes
     self.tau = float(config.tau)
     self.similarity = config.similarity
