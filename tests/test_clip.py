@@ -211,3 +211,15 @@ def test_presets():
 def test_image_shape_error(loaded):
   with pytest.raises(ValueError, match=r"\(B, 40, 40, 3\)"):
     loaded.encode_image(jnp.zeros((1, 32, 32, 3)))
+
+
+@pytest.mark.parametrize("name", ["ViT-B/32", "ViT-L/14"])
+def test_real_shapes_are_inferred(name):
+  """OpenAI-format dicts of the real sizes give back the preset (heads = width // 64)."""
+  cfg = clip_lib.get_config(name)
+  abstract = nnx.eval_shape(lambda: clip_lib.CLIP(cfg, rngs=nnx.Rngs(0)))
+  shapes = params_lib.flatten_shapes(abstract)
+  # zero-stride views: the real shapes without the memory (OpenAI layout = transposed NNX)
+  sd = {o: params_lib._backward(np.broadcast_to(np.float32(0), shapes[p]), t)
+        for o, p, t in params_lib.key_table(cfg)}
+  assert params_lib.config_from_openai(sd) == cfg
