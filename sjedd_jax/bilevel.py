@@ -256,3 +256,55 @@ def fixed_weights(weights: Sequence[float], *, has_aux: bool = False) -> AutoLam
     return grads, state._replace(count=state.count + 1), info
 
   return AutoLambda(init=init, step=step)
+
+
+class DWAState(NamedTuple):
+  """State of dynamic weight average."""
+  lam: jax.Array         # (T,) weights in use this period
+  running: jax.Array     # (T,) sum of task losses in the current period
+  last: jax.Array        # (T,) mean task losses of the previous period
+  before: jax.Array      # (T,) mean task losses of the period before that
+  periods: jax.Array     # int32, completed periods
+  count: jax.Array       # int32, steps taken
+
+
+def dwa(num_tasks: int = 3, *, temperature: float = 2.0, period: int = 1, has_aux: bool = False) -> AutoLambda:
+  """Dynamic weight average (Liu et al., CVPR 2019), in the same interface as ``auto_lambda``.
+
+  lam_k = T exp(w_k / temperature) / sum_i exp(w_i / temperature), with
+  w_k = L_k(previous period) / L_k(period before); every task starts at 1 and no
+  task has priority (the Table VII row of SJEDD). ``period`` is the number of
+  steps averaged per period (the original uses epochs; 1 = per step).
+  """
+  if period < 1 or temperature <= 0:
+    raise ValueError(f"dwa needs period >= 1 and temperature > 0, got {period}, {temperature}")
+
+  def init() -> DWAState:
+    ones = jnp.ones((num_tasks,), jnp.float32)
+    zero = jnp.zeros((), jnp.int32)
+    return DWAState(lam=ones, running=jnp.zeros_like(ones), last=ones, before=ones, periods=zero, count=zero)
+
+  def step(state: DWAState, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0):
+    del val_batch, lr, weight_decay
+    losses, _, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
+    grads = f_vjp(state.lam)
+    running = state.running + jax.lax.stop_gradient(losses)
+    count = state.count + 1
+    done = count % period == 0
+    mean = running / period
+    last = jnp.where(done, mean, state.last)
+    before = jnp.where(done, state.last, state.before)
+    periods = state.periods + done.astype(jnp.int32)
+    ratio = last / jnp.maximum(before, 1e-12)
+    new_lam = num_tasks * jax.nn.softmax(ratio / temperature)
+    lam = jnp.where(done & (periods >= 2), new_lam, state.lam)
+    new_state = DWAState(lam=lam, running=jnp.where(done, 0.0, running), last=last, before=before,
+                         periods=periods, count=count)
+    zero = jnp.zeros((), jnp.float32)
+    info = {"task_losses": losses, "lam": lam, "hypergradient": jnp.zeros_like(lam), "lam_updated": done,
+            "val_primary_loss": zero, "d_norm": zero, "fd_eps": zero}
+    if has_aux:
+      info["aux"] = aux
+    return grads, new_state, info
+
+  return AutoLambda(init=init, step=step)

@@ -297,12 +297,22 @@ def load_for_inference(config, hierarchy_, workdir: str | None, which: str = "be
   return split, state.params
 
 
+def weighting(config, steps_per_epoch: int):
+  """The loss-weight learner of ``config.weighting`` (bilevel, fixed or dwa)."""
+  from sjedd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  w = config.weighting
+  try:
+    return ts.make_weighting(w.kind, lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method, radius=w.radius,
+                             update_every=w.update_every, fixed=tuple(w.fixed),
+                             dwa_temperature=w.get("dwa_temperature", 2.0),
+                             dwa_period=w.get("dwa_period", 0) or steps_per_epoch)
+  except ValueError as e:
+    raise ConfigError(f"config.weighting: {e}") from e
+
+
 def _abstract_train_state(config, split: SplitModel):
   """A TrainState with the run's structure (for restoring; values are not used)."""
   import optax  # pylint: disable=g-import-not-at-top
   from sjedd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
-  w = config.weighting
-  weighting = ts.make_weighting(w.kind, lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method, radius=w.radius,
-                                update_every=w.update_every, fixed=tuple(w.fixed))
   opt = ts.model_optimizer(optax.constant_schedule(0.0), config.optim.weight_decay)  # same structure
-  return ts.init_state(split.params, opt, weighting)
+  return ts.init_state(split.params, opt, weighting(config, steps_per_epoch=1))

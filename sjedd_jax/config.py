@@ -40,13 +40,15 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Loss weighting (spec section 5).
   c.weighting = ml_collections.ConfigDict()
-  c.weighting.kind = "bilevel"           # or "fixed"
+  c.weighting.kind = "bilevel"           # "bilevel", "fixed" or "dwa"
   c.weighting.method = "finite_difference"   # or "jvp"
   c.weighting.lam_lr = 1e-3
   c.weighting.lam_init = 1.0
   c.weighting.radius = 0.01
   c.weighting.update_every = 1
   c.weighting.fixed = (1.0, 1.0, 1.0)
+  c.weighting.dwa_temperature = 2.0
+  c.weighting.dwa_period = 0             # steps per DWA period; 0: one epoch
 
   # Model optimiser: AdamW.
   c.optim = ml_collections.ConfigDict()

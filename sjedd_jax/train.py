@@ -102,9 +102,7 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
                               steps_per_epoch=steps_per_epoch, warmup_steps=config.optim.warmup_steps,
                               t_max=config.optim.t_max, eta_min=config.optim.eta_min)
   model_opt = ts.model_optimizer(schedule, config.optim.weight_decay)
-  w = config.weighting
-  weighting = ts.make_weighting(w.kind, lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method,
-                                radius=w.radius, update_every=w.update_every, fixed=tuple(w.fixed))
+  weighting = builders.weighting(config, steps_per_epoch)
   step_fn = ts.make_train_step(task_losses_fn, weighting, model_opt, schedule, config.optim.weight_decay)
 
   mesh = ts.data_mesh()

@@ -100,14 +100,17 @@ def make_task_losses_fn(scores_fn: Callable[[PyTree, jax.Array], jax.Array], hie
 # ----------------------------------------------------------------- the step
 def make_weighting(kind: str = "bilevel", *, num_tasks: int = 3, lam_lr: float = 1e-3, lam_init=1.0,
                    method: str = "finite_difference", radius: float = 0.01, update_every: int = 1,
-                   fixed: Sequence[float] = (1.0, 1.0, 1.0)) -> bilevel.AutoLambda:
-  """The loss-weight learner: "bilevel" (the paper) or "fixed" weights (ablations)."""
+                   fixed: Sequence[float] = (1.0, 1.0, 1.0), dwa_temperature: float = 2.0,
+                   dwa_period: int = 1) -> bilevel.AutoLambda:
+  """The loss-weight learner: "bilevel" (the paper), "fixed" weights or "dwa" (ablations)."""
   if kind == "bilevel":
     return bilevel.auto_lambda(num_tasks, optimizer=optax.adam(lam_lr), init_value=lam_init,
                                method=method, radius=radius, update_every=update_every, has_aux=True)
   if kind == "fixed":
     return bilevel.fixed_weights(fixed, has_aux=True)
-  raise ValueError(f"unknown loss weighting {kind!r}; expected 'bilevel' or 'fixed'")
+  if kind == "dwa":
+    return bilevel.dwa(num_tasks, temperature=dwa_temperature, period=dwa_period, has_aux=True)
+  raise ValueError(f"unknown loss weighting {kind!r}; expected 'bilevel', 'fixed' or 'dwa'")
 
 
 def init_state(params: PyTree, model_opt: optax.GradientTransformation,

@@ -166,3 +166,23 @@ def test_lambda_grows_for_helpful_task_and_shrinks_for_noise():
   assert lam[1] > 1.3, lam
   assert lam[2] < 0.7, lam
   assert lam[1] > lam[2] + 1.0
+
+
+def test_dwa_weights_follow_loss_ratios():
+  w = bilevel.dwa(3, temperature=2.0, period=2)
+  # Task losses shrink at different rates: task 2 stalls, so it should get the largest weight.
+  seq = [jnp.array([4.0, 4.0, 4.0]), jnp.array([4.0, 4.0, 4.0]),
+         jnp.array([2.0, 3.0, 4.0]), jnp.array([2.0, 3.0, 4.0]), jnp.array([1.0, 2.0, 4.0])]
+  state = w.init()
+  lams = []
+  for l in seq:
+    fn = lambda p, b, l=l: l * p["s"]
+    _, state, info = w.step(state, fn, {"s": jnp.ones(())}, None)
+    lams.append(np.asarray(state.lam))
+  np.testing.assert_allclose(lams[0], 1.0)
+  np.testing.assert_allclose(lams[2], 1.0)           # only one finished period so far
+  ratio = np.array([2 / 4, 3 / 4, 4 / 4])
+  expected = 3 * np.exp(ratio / 2) / np.exp(ratio / 2).sum()
+  np.testing.assert_allclose(lams[3], expected, rtol=1e-6)
+  np.testing.assert_allclose(lams[4], lams[3])        # held within a period
+  assert lams[3][2] > lams[3][1] > lams[3][0]
