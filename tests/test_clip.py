@@ -202,10 +202,6 @@ def test_presets():
   assert (tiny.vocab_size, tiny.context_length, tiny.image_size) == (49408, 77, 64)
   with pytest.raises(KeyError, match="unknown CLIP preset"):
     clip_lib.get_config("ViT-H/14")
-  # ViT-B/32 has OpenAI's 151,277,313 parameters less logit_scale (not kept).
-  abstract = nnx.eval_shape(lambda: clip_lib.CLIP(clip_lib.get_config(), rngs=nnx.Rngs(0)))
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-  assert n == 151_277_313 - 1
 
 
 def test_image_shape_error(loaded):
@@ -213,12 +209,13 @@ def test_image_shape_error(loaded):
     loaded.encode_image(jnp.zeros((1, 32, 32, 3)))
 
 
-@pytest.mark.parametrize("name", ["ViT-B/32", "ViT-L/14"])
-def test_real_shapes_are_inferred(name):
-  """OpenAI-format dicts of the real sizes give back the preset (heads = width // 64)."""
-  cfg = clip_lib.get_config(name)
+def test_vit_b32_shapes_are_inferred():
+  """An OpenAI-format dict of ViT-B/32's real shapes gives back the preset (heads = width // 64)."""
+  cfg = clip_lib.get_config("ViT-B/32")
   abstract = nnx.eval_shape(lambda: clip_lib.CLIP(cfg, rngs=nnx.Rngs(0)))
   shapes = params_lib.flatten_shapes(abstract)
+  # OpenAI's ViT-B/32 has 151,277,313 parameters, logit_scale (not kept) included.
+  assert sum(int(np.prod(s)) for s in shapes.values()) == 151_277_313 - 1
   # zero-stride views: the real shapes without the memory (OpenAI layout = transposed NNX)
   sd = {o: params_lib._backward(np.broadcast_to(np.float32(0), shapes[p]), t)
         for o, p, t in params_lib.key_table(cfg)}

@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -381,6 +382,6 @@ def assign(model: CLIP, flat: Mapping[str, Any], where: str = "checkpoint") -> C
         + (f"\n  unexpected ({len(unexpected)}): {unexpected}" if unexpected else "")
         + (f"\n  shape mismatch ({len(bad)}): {bad}" if bad else ""))
   for k, var in variables.items():
-    var.set_value(np.asarray(flat[k], dtype=var.get_value().dtype))
+    var.set_value(jnp.asarray(np.asarray(flat[k]), dtype=var.get_value().dtype))
   nnx.update(model, state)
   return model
