@@ -10,6 +10,7 @@ import glob
 import gzip
 import json
 import os
+import re
 
 import pytest
 
@@ -69,3 +70,20 @@ def test_bad_profile_steps_are_rejected(cache, tmp_path):
   for spec in ("3", "3,1", "a,b"):
     with pytest.raises(builders.ConfigError, match="profile_steps"):
       train.run(tiny_config(cache, profile_steps=spec), str(tmp_path / "bad"), progress=False)
+
+
+def test_cost_analysis_recipe_in_the_docs(cache):
+  """The docs' ``compiled_train_step`` runs as written and XLA reports the step's cost."""
+  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                         "profiling.md")) as f:
+    text = f.read()
+  blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+  (recipe,) = [b for b in blocks if "def compiled_train_step" in b]
+  namespace = {}
+  exec(compile(recipe, "docs/profiling.md", "exec"), namespace)  # pylint: disable=exec-used
+  compiled = namespace["compiled_train_step"](tiny_config(cache))
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  assert cost["flops"] > 1e6 and cost["bytes accessed"] > 0
+  mem = compiled.memory_analysis()
+  assert mem.alias_size_in_bytes > 0  # the donated state is updated in place
