@@ -326,7 +326,9 @@ def _run_job_star(args):
 def _fingerprint(originals: Sequence[manifest.Record], config: dict) -> str:
   h = hashlib.sha1(json.dumps(config, sort_keys=True).encode())
   for r in originals:
-    h.update(r.to_json().encode())
+    h.update(json.dumps([r.path, r.source, r.split, r.identity, r.video_id, r.frame]).encode())
+    if r.landmarks is not None:
+      h.update(np.round(np.asarray(r.landmarks, np.float64), 1).tobytes())
   return h.hexdigest()[:16]
 
 
@@ -343,7 +345,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 def expand(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, seed: int = 0,
            mode: str = "regions", regions: Sequence[str] = ("eye", "lip_mouth", "nose"),
            per_region: int | None = None, splits: Sequence[str] | None = None, workers: int | None = None,
-           flush_every: int = 500, progress: bool = True) -> list[manifest.Record]:
+           flush_every: int = 1000, progress: bool = True) -> list[manifest.Record]:
   """Expands ``data_dir`` into ``out_dir`` (default: in place); returns all output records.
 
   A different ``out_dir`` receives the originals too (hard links, else copies),
@@ -405,7 +407,7 @@ def expand(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
     new_meta[key]["counts"] = {s: sum(r.source == s for r in made) for s in sorted({r.source for r in made})}
     manifest.write_metadata(out_dir, new_meta)
 
-  flush(False)
+  manifest.write_metadata(out_dir, new_meta)  # marks the run unfinished until the last flush
   workers = min(2, os.cpu_count() or 1) if workers is None else workers
   bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"expand ({mode})", unit="img",
              disable=not progress)

@@ -384,13 +384,13 @@ def _down_up(img: np.ndarray, factor: float) -> np.ndarray:
 # blur as fractions of the face size), colour correction (strength, std matching).
 FAMILIES = {
     "Deepfakes": dict(texture=0.3, down=0.5, warp=0.3, region="inner_face", dilate=0.02, blur=0.035,
-                      color=0.85, std=True, shift=(4.0, 3.0)),
-    "FaceSwap": dict(texture=0.5, down=0.7, warp=1.0, region="inner_face", dilate=0.0, blur=0.012,
-                     color=1.0, std=False, shift=(5.0, 3.5)),
-    "Face2Face": dict(texture=0.4, down=0.5, warp=1.0, region="lip_mouth", dilate=0.06, blur=0.025,
-                      color=0.9, std=True, shift=(6.0, 4.0)),
-    "NeuralTextures": dict(texture=0.3, down=0.5, warp=0.3, region="lip_mouth", dilate=0.08, blur=0.04,
-                           color=0.8, std=True, shift=(5.0, 4.0)),
+                      color=0.85, std=True, shift=(5.0, 3.5)),
+    "FaceSwap": dict(texture=0.4, down=0.6, warp=1.0, region="inner_face", dilate=0.0, blur=0.012,
+                     color=1.0, std=False, shift=(6.0, 4.0)),
+    "Face2Face": dict(texture=0.3, down=0.45, warp=1.0, region="lip_mouth", dilate=0.09, blur=0.025,
+                      color=0.9, std=True, shift=(7.0, 5.0)),
+    "NeuralTextures": dict(texture=0.3, down=0.45, warp=0.3, region="lip_mouth", dilate=0.12, blur=0.04,
+                           color=0.8, std=True, shift=(7.0, 5.0)),
 }
 
 
@@ -429,7 +429,7 @@ def forge(family: str, rng: np.random.Generator, frame: np.ndarray, frame_lm: np
 def default_params(**overrides) -> dict[str, Any]:
   params = dict(seed=0, num_identities=120, expressions_per_identity=8, image_size=64,
                 sources=("real",) + FORGERY_SOURCES, split_fractions=(0.7, 0.15, 0.15),
-                noise=(0.008, 0.028), post_noise=(0.002, 0.006), version=GENERATOR_VERSION)
+                noise=(0.012, 0.03), post_noise=(0.002, 0.006), version=GENERATOR_VERSION)
   unknown = set(overrides) - set(params)
   if unknown:
     raise TypeError(f"unknown synthetic-world parameter(s) {sorted(unknown)}; allowed: {sorted(params)}")
