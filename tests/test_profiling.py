@@ -45,11 +45,18 @@ def cache(tmp_path_factory):
   return tmp_path_factory.mktemp("synthetic_cache")
 
 
-def test_profile_steps_write_a_trace(cache, tmp_path):
+@pytest.fixture(scope="module")
+def profiled_run(cache, tmp_path_factory):
   from sjedd_jax import train  # pylint: disable=g-import-not-at-top
-  workdir = tmp_path / "run"
-  out = train.run(tiny_config(cache, profile_steps="1,3"), str(workdir), progress=False, stop_after=3)
+  config = tiny_config(cache, profile_steps="1,3")
+  workdir = tmp_path_factory.mktemp("profiled") / "run"
+  out = train.run(config, str(workdir), progress=False, stop_after=3)
   assert out["stopped_at"] == 3
+  return config, workdir, out["params"]
+
+
+def test_profile_steps_write_a_trace(profiled_run):
+  _, workdir, _ = profiled_run
   traces = glob.glob(str(workdir / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
   traces += glob.glob(str(workdir / "profile" / "**" / "*.trace.json.gz"), recursive=True)
   assert traces, f"no trace under {workdir / 'profile'}: {list(os.walk(workdir / 'profile'))}"
@@ -87,3 +94,22 @@ def test_cost_analysis_recipe_in_the_docs(cache):
   assert cost["flops"] > 1e6 and cost["bytes accessed"] > 0
   mem = compiled.memory_analysis()
   assert mem.alias_size_in_bytes > 0  # the donated state is updated in place
+
+
+def test_predict_from_the_run_checkpoint(profiled_run, tmp_path):
+  """``predict --config CFG --workdir DIR --checkpoint latest`` scores with the run's parameters."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import predict, preprocess  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.data import videos  # pylint: disable=g-import-not-at-top
+  config, workdir, params = profiled_run
+  split, restored, hierarchy = predict.load_model(config=config, workdir=str(workdir), checkpoint="latest")
+  for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  face = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+  videos.write_image(str(tmp_path / "face.png"), face)
+  (res,) = predict.predict_files(split, restored, hierarchy, [str(tmp_path)], detector=None, progress=False,
+                                 batch_size=4)
+  x = preprocess.preprocess_np(face, config.data.image_size)[None]
+  want = np.asarray(jax.jit(lambda p, x: hierarchy.marginals(split.scores_fn(p, x)))(params, x))[0]
+  np.testing.assert_allclose(list(res["marginals"].values()), want, atol=1e-5)
