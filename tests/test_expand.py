@@ -1,10 +1,9 @@
 """Dataset expansion (spec section 7): nearest sources, masks, blending, colour transfer, resume."""
 
 import hashlib
+import importlib.util
 import os
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -220,12 +219,13 @@ def test_errors_name_the_file(world, tmp_path):
     expand.expand(bad, workers=1, progress=False)
 
 
-def test_script(world, tmp_path):
+def test_script(world, tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location("expand_dataset", os.path.join(ROOT, "scripts", "expand_dataset.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
   out = str(tmp_path / "cli")
-  cmd = [sys.executable, os.path.join(ROOT, "scripts", "expand_dataset.py"), "--data", world, "--out", out,
-         "--per_region", "9", "--workers", "1"]
-  res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-  assert res.returncode == 0, res.stderr
-  assert "aug_nose 9" in res.stdout
-  res = subprocess.run(cmd[:3] + [str(tmp_path / "nothing")], capture_output=True, text=True, check=False)
-  assert res.returncode == 2 and "no manifest.jsonl" in res.stderr
+  args = ["--data", world, "--out", out, "--per_region", "9", "--workers", "1"]
+  assert script.main(args) == 0
+  assert "aug_nose 9" in capsys.readouterr().out
+  assert script.main(["--data", str(tmp_path / "nothing")]) == 2
+  assert "no manifest.jsonl" in capsys.readouterr().err

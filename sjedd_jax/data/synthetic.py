@@ -279,7 +279,7 @@ def render(p: dict[str, Any], e: dict[str, float], pose: dict[str, float], backg
   for g in (regions_lib.BROW_L, regions_lib.BROW_R):
     _fill(img, _poly_mask(shape, lm[list(g)], closed=False, thickness=th_px) * 0.9, p["brow_color"])
   # Eyes: sclera, iris, pupil, upper lid.
-  for g, sign in ((regions_lib.EYE_L, -1), (regions_lib.EYE_R, 1)):
+  for g in (regions_lib.EYE_L, regions_lib.EYE_R):
     pts = lm[list(g)]
     eye_m = _poly_mask(shape, pts)
     _fill(img, eye_m, np.array([232, 226, 220]) * (0.9 + 0.1 * pose["exposure"]))
@@ -287,7 +287,7 @@ def render(p: dict[str, Any], e: dict[str, float], pose: dict[str, float], backg
     r = p["eye_h"] * fr.k * (0.9 + p["iris_r"] * 0.5)
     _fill(img, _ellipse_mask(shape, c, (r, r)) * eye_m, p["iris"])
     _fill(img, _ellipse_mask(shape, c, (r * 0.45, r * 0.45)) * eye_m, (15, 12, 12))
-    upper = pts[[0, 1, 2, 3]] if sign < 0 else pts[[0, 1, 2, 3]]
+    upper = pts[[0, 1, 2, 3]]  # corner, two upper-lid points, corner (both eyes)
     _fill(img, _poly_mask(shape, upper, closed=False, thickness=max(1, int(round(0.012 * fr.k)))) * 0.8,
           (40, 25, 20))
   # Nose: side shadow, nostrils, tip highlight.
