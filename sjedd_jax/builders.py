@@ -63,6 +63,12 @@ def dataset_dir(config: ml_collections.ConfigDict, progress: bool = True) -> str
     from sjedd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     params = dict(config.data.synthetic)
     expand = params.pop("expand", True)
+    if expand and _expansion_mode(config) == "xray":  # Table XI: the originals + X-ray-style blends
+      from sjedd_jax.data import expand as expand_lib  # pylint: disable=g-import-not-at-top
+      d = synthetic.ensure_synthetic(config.data.cache_dir, expand=False, progress=progress, **params)
+      out = d.rstrip("/") + "_xray"
+      expand_lib.expand(d, out, mode="xray", seed=params.get("seed", 0), progress=progress)
+      return out
     return synthetic.ensure_synthetic(config.data.cache_dir, expand=expand, progress=progress, **params)
   if kind == "manifest":
     d = os.path.expanduser(config.data.dir or "")
@@ -77,8 +83,36 @@ def dataset_dir(config: ml_collections.ConfigDict, progress: bool = True) -> str
           f"no {manifest.MANIFEST} in config.data.dir={d!r} (looked for "
           f"{os.path.join(d, manifest.MANIFEST)}). Prepare it with scripts/preprocess_ffpp.py and "
           "scripts/expand_dataset.py (docs/data.md).")
+    if _expansion_mode(config) == "xray" and "expansion_xray" not in manifest.read_metadata(d):
+      raise ConfigError(
+          f"config.data.expansion_mode='xray' but {d} holds no X-ray-style expansion (no 'expansion_xray' in "
+          f"its {manifest.METADATA}); make one with scripts/expand_dataset.py --data ORIGINALS --out DIR "
+          "--mode xray and point config.data.dir at DIR")
     return d
   raise ConfigError(f"config.data.kind={kind!r}; expected 'synthetic' or 'manifest'")
+
+
+def _expansion_mode(config) -> str:
+  mode = config.data.get("expansion_mode", "regions")
+  if mode not in ("regions", "xray"):
+    raise ConfigError(f"config.data.expansion_mode={mode!r}; expected 'regions' (spec 7) or 'xray' (Table XI)")
+  return mode
+
+
+# Images made by an expansion (left out of evaluation; ``exclude_expansion`` leaves them out of training).
+EXPANSION_SOURCES = tuple(labels_lib.AUG_SOURCES) + ("xray",)
+
+
+def label_table(config, nodes) -> dict[str, tuple[int, ...]] | None:
+  """``config.data.label_table`` as rows over ``nodes`` ("" -> None: Table I via the manifest)."""
+  spec = config.data.get("label_table", "")
+  if not spec:
+    return None
+  from sjedd_jax.models import jedd  # pylint: disable=g-import-not-at-top
+  try:
+    return jedd.label_table(spec, nodes)
+  except (jedd.JEDDError, OSError, ValueError) as e:
+    raise ConfigError(f"config.data.label_table: {e}") from e
 
 
 def _sources(value) -> list[str] | None:
@@ -100,10 +134,12 @@ def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
   original data.
   """
   if sources is None and split in ("train", "val") and train_sources(config) is not None:
-    sources = ["real"] + train_sources(config) + list(labels_lib.AUG_SOURCES)
+    sources = ["real"] + train_sources(config) + list(EXPANSION_SOURCES)
+  exclude = () if train and not config.data.get("exclude_expansion", False) else EXPANSION_SOURCES
+  table = label_table(config, hierarchy(config).nodes) if config.data.get("label_table", "") else None
   return pipeline.DataConfig(
       data_dir=data_dir, split=split, sources=sources,
-      exclude_sources=() if train else tuple(labels_lib.AUG_SOURCES),
+      exclude_sources=exclude, label_table=table,
       image_size=config.data.image_size,
       batch_size=(config.batch_size if train else config.eval_batch_size) // jax.process_count(),
       num_nodes=num_nodes,
@@ -145,6 +181,12 @@ def test_sets(config: ml_collections.ConfigDict, data_dir: str) -> dict[str, tup
 
 def hierarchy(config: ml_collections.ConfigDict) -> hierarchy_lib.LabelHierarchy:
   """The label graph: a name ("ffpp", "ffpp250"), a JSON path, or a dict in the config."""
+  if config.model.get("kind", "sjedd") == "jedd":
+    from sjedd_jax.models import jedd  # pylint: disable=g-import-not-at-top
+    try:
+      return jedd.hierarchy_from_config(config)
+    except (jedd.JEDDError, hierarchy_lib.HierarchyError, OSError) as e:
+      raise ConfigError(f"config.hierarchy / config.model.jedd: {e}") from e
   if not config.hierarchy:
     raise ConfigError("config.hierarchy is empty: give 'ffpp' or the path of a graph JSON file "
                       '({"nodes": [...], "levels": {...}, "edges": {...}})')
@@ -204,13 +246,28 @@ def model(config, hierarchy):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
   m = config.model
+  kind = m.get("kind", "sjedd")
+  if kind == "jedd":
+    from sjedd_jax.models import jedd  # pylint: disable=g-import-not-at-top
+    if m.pretrained and not os.path.exists(os.path.expanduser(m.pretrained)):
+      raise ConfigError(f"config.model.pretrained={m.pretrained!r} does not exist. {_WEIGHTS_HELP}")
+    try:
+      return jedd.model_from_config(config, hierarchy)
+    except (jedd.JEDDError, ValueError) as e:
+      raise ConfigError(f"config.model (kind 'jedd'): {e}") from e
+  if kind != "sjedd":
+    raise ConfigError(f"config.model.kind={kind!r}; expected 'sjedd' or 'jedd'")
   opts = _model_options(config, hierarchy)
   if m.pretrained:
     path = os.path.expanduser(m.pretrained)
     if not os.path.exists(path):
       raise ConfigError(f"config.model.pretrained={m.pretrained!r} does not exist. {_WEIGHTS_HELP}")
     return sjedd.from_pretrained(path, dtype=m.dtype, **opts)
-  return sjedd.build(m.clip, dtype=m.dtype, rngs=nnx.Rngs(config.seed), **opts)
+  clip = m.clip
+  if m.get("clip_overrides"):
+    from sjedd_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+    clip = clip_lib.get_config(m.clip, **dict(m.clip_overrides))
+  return sjedd.build(clip, dtype=m.dtype, rngs=nnx.Rngs(config.seed), **opts)
 
 
 def split_model(model_, config=None) -> SplitModel:
@@ -238,6 +295,13 @@ def export(split: SplitModel, params, config, out_dir: str) -> str:
   tmp = out_dir + ".tmp"
   if os.path.exists(tmp):
     shutil.rmtree(tmp)
+  if getattr(m, "kind", "sjedd") == "jedd":
+    from sjedd_jax.models import jedd  # pylint: disable=g-import-not-at-top
+    jedd.export(split.model, m, tmp, to_dict(config))
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
   save_pretrained(m.clip, tmp, source="sjedd_jax.train")
   meta = {
       "hierarchy": m.hierarchy.to_dict(), "tau": m.tau, "similarity": m.similarity,
@@ -263,6 +327,9 @@ def load_export(path: str, dtype: str | None = None):
   from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
   from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
   meta_path = os.path.join(path, EXPORT_META)
+  from sjedd_jax.models import jedd  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(meta_path) and os.path.exists(os.path.join(path, jedd.EXPORT_META)):
+    return jedd.load_export(path, dtype=dtype)
   if not os.path.exists(meta_path):
     raise FileNotFoundError(f"{path}: no {EXPORT_META}; not a model exported by sjedd_jax.train")
   with open(meta_path) as f:

@@ -1,4 +1,15 @@
-"""Defaults shared by every config file in configs/ (the release recipe of spec section 6 where it applies)."""
+"""Defaults shared by every config file in configs/ (the release recipe of spec section 6 where it applies).
+
+``load_config_file(path, arg)`` loads another config file by path (big_vision
+style ``get_config(arg)``), so variants in ``configs/ablations/`` can build on
+``configs/ffpp.py`` (no arg) or on ``configs/synthetic.py`` (arg "synthetic")::
+
+    python -m sjedd_jax.train --config configs/ablations/frozen_text.py:synthetic --workdir /tmp/w
+"""
+
+import importlib.util
+import inspect
+import os
 
 import ml_collections
 
@@ -16,13 +27,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.train_sources = ml_collections.FieldReference(None, field_type=str)   # comma list; None: all
   c.data.unobserved_as_zero = False      # True: the release's N/A -> 0, unmasked
   c.data.binary_only = False             # True: no relabelling (Table X ablation)
+  c.data.exclude_expansion = False       # True: train without the expansion's aug_* images (Table X)
+  c.data.expansion_mode = "regions"      # "regions" (spec 7) or "xray" (Face X-ray-style blending, Table XI)
+  c.data.label_table = ""                # "": Table I; "jedd_draft" or a JSON file {source: {node: 0/1/null}}
   c.data.perturb_probability = 0.3
   c.data.workers = 0
   c.data.skip_unreadable = False
 
   # Model.
   c.model = ml_collections.ConfigDict()
+  c.model.kind = "sjedd"                 # "sjedd" (this paper) or "jedd" (the earlier draft, models/jedd.py)
   c.model.clip = "ViT-B/32"              # preset, used when no pretrained path is given
+  c.model.clip_overrides = ml_collections.ConfigDict()  # CLIPConfig fields over the preset (e.g. patch_size)
   c.model.pretrained = ""                # local CLIP checkpoint (HF dir, OpenAI .pt/.safetensors)
   c.model.require_pretrained = False     # True: refuse to start from random weights
   c.model.tau = 10.0
@@ -80,3 +96,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
   return c
+
+
+def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(arg)`` of the config file at ``path`` (``get_config()`` when arg is None).
+
+  A relative ``path`` is taken relative to the current directory; config files
+  pass ``os.path.join(os.path.dirname(__file__), ...)`` so they work from any cwd.
+  """
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  name = "sjedd_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"config file {path} has no get_config()")
+  if arg is None:
+    return module.get_config()
+  if not inspect.signature(module.get_config).parameters:
+    raise TypeError(f"config file {path}: get_config() takes no argument, got {arg!r}")
+  return module.get_config(arg)
+
+
+def base_for_variant(variant_file: str, arg: str | None, base: str = "ffpp.py",
+                     twins: dict[str, str] | None = None) -> ml_collections.ConfigDict:
+  """The config a variant file in ``configs/<sub>/`` builds on.
+
+  ``base`` (relative to ``configs/``) without an arg; with an arg, ``twins[arg]``
+  when given, else ``base`` called with that arg. Default twins: "synthetic" ->
+  ``synthetic.py`` (the CPU twin on the synthetic world).
+  """
+  configs_dir = os.path.dirname(os.path.dirname(os.path.abspath(variant_file)))
+  twins = {"synthetic": "synthetic.py"} if twins is None else twins
+  if arg is None or arg == "":
+    return load_config_file(os.path.join(configs_dir, base), None)
+  if arg in twins:
+    return load_config_file(os.path.join(configs_dir, twins[arg]), None)
+  return load_config_file(os.path.join(configs_dir, base), arg)

@@ -115,8 +115,11 @@ def make_weighting(kind: str = "bilevel", *, num_tasks: int = 3, lam_lr: float =
 
 def init_state(params: PyTree, model_opt: optax.GradientTransformation,
                weighting: bilevel.AutoLambda) -> TrainState:
+  # One buffer per leaf: a weighting's init may reuse one array for several fields
+  # (DWA's lam/last/before), and the compiled step donates every state buffer.
+  lam_state = jax.tree.map(lambda x: jnp.array(x, copy=True), weighting.init())
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=model_opt.init(params),
-                    lam_state=weighting.init())
+                    lam_state=lam_state)
 
 
 def make_train_step(task_losses_fn: Callable, weighting: bilevel.AutoLambda,

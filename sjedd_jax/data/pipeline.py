@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
@@ -71,6 +71,9 @@ class DataConfig:
   prefetch_batches: int = 4                # batches buffered per process (grain's default 500 is GBs)
   skip_unreadable: bool = False
   shard_by_process: bool = True            # each JAX process reads a disjoint slice
+  # Labels of another graph (e.g. the JEDD draft's): source -> (n,) row, -1 = unobserved.
+  # Sources not listed (and binary_only) fall back to ``manifest.label_of``.
+  label_table: Mapping[str, Sequence[int]] | None = None
 
 
 @dataclasses.dataclass
@@ -101,6 +104,23 @@ def load(cfg: DataConfig) -> Data:
   return Data(cfg.data_dir, records, list(table), video_of)
 
 
+def label_of(rec: manifest.Record, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+  """(y, mask) of a record: ``cfg.label_table``'s row for its source, else ``manifest.label_of``."""
+  table = cfg.label_table
+  if table is not None and not cfg.binary_only and rec.y is None and rec.source in table:
+    row = np.asarray(table[rec.source], np.int32)
+    if row.shape != (cfg.num_nodes,):
+      raise ValueError(f"label_table row of {rec.source!r} has shape {row.shape}, expected ({cfg.num_nodes},)")
+    if int(row[0]) != int(rec.is_fake):
+      raise ValueError(f"{rec.path}: label_table row of {rec.source!r} contradicts is_fake={rec.is_fake}")
+    observed = row >= 0
+    y = np.where(observed, row, 0).astype(np.float32)
+    if cfg.unobserved_as_zero:
+      return y, np.ones_like(y)
+    return y, observed.astype(np.float32)
+  return manifest.label_of(rec, cfg.num_nodes, cfg.unobserved_as_zero, cfg.binary_only)
+
+
 class LoadExample:
   """Record index -> example dict; a picklable ``(index, rng)`` function for grain.
 
@@ -112,8 +132,7 @@ class LoadExample:
     self.paths = [r.path for r in data.records]
     self.video_of = data.video_of
     self.is_fake = np.asarray([r.is_fake for r in data.records], np.int32)
-    labels = [manifest.label_of(r, cfg.num_nodes, cfg.unobserved_as_zero, cfg.binary_only)
-              for r in data.records]
+    labels = [label_of(r, cfg) for r in data.records]
     self.y = np.stack([l[0] for l in labels]).astype(np.float32)
     self.mask = np.stack([l[1] for l in labels]).astype(np.float32)
     self.size = cfg.image_size
