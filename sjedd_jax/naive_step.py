@@ -188,11 +188,13 @@ def make_naive_step(task_losses_fn: Callable, model_opt: optax.GradientTransform
 def make_fresh_step(task_losses_fn: Callable, model_opt: optax.GradientTransformation,
                     schedule: optax.Schedule, weight_decay: float, *, lam_lr: float = 1e-3,
                     method: str = "finite_difference", radius: float = 0.01,
-                    primary: Sequence[float] = (1.0, 0.0, 0.0)) -> Callable:
+                    primary: Sequence[float] = (1.0, 0.0, 0.0), fd_batched: bool = False) -> Callable:
   """One pure step (jit it with ``train_step.compile_train_step``) without linearisation reuse.
 
   Same mathematics as ``make_train_step(..., make_weighting("bilevel"))``; the
   model gradient for the new lambda is a new ``jax.grad`` at theta.
+  ``fd_batched``: the two finite-difference forwards as ONE ``jax.vmap``-ed pass
+  over theta + eps d and theta - eps d (same numbers, one program region).
   """
   bilevel._check_method(method)  # pylint: disable=protected-access
   losses = _losses(task_losses_fn)
@@ -211,8 +213,12 @@ def make_fresh_step(task_losses_fn: Callable, model_opt: optax.GradientTransform
       h = jax.jvp(lambda p: losses(p, train_batch), (params,), (d,))[1]
     else:
       eps = radius / (optax.tree.norm(d) + 1e-6)                                        # 4.
-      h = (losses(_axpy(eps, d, params), train_batch)
-           - losses(_axpy(-eps, d, params), train_batch)) / (2.0 * eps)                 # 5.
+      if fd_batched:
+        l_pm = jax.vmap(lambda s: losses(_axpy(s, d, params), train_batch))(jnp.stack([eps, -eps]))
+        h = (l_pm[0] - l_pm[1]) / (2.0 * eps)                                           # 5.
+      else:
+        h = (losses(_axpy(eps, d, params), train_batch)
+             - losses(_axpy(-eps, d, params), train_batch)) / (2.0 * eps)               # 5.
     hyper = -lr * h                                                                     # 6.
     upd, lam_opt_state = lam_opt.update(hyper, state.lam_state.opt_state, lam)
     lam_new = optax.apply_updates(lam, upd)
