@@ -25,6 +25,9 @@ def tiny_config(cache, **over):
   c.data.synthetic.expressions_per_identity = 2
   c.data.synthetic.image_size = 32
   c.data.synthetic.expand = False
+  # Render in this process: synthetic.generate's fork()ed pool deadlocks in OpenCV
+  # when the parent process has used OpenCV's threads before (as test_predict does).
+  c.data.synthetic.workers = 0
   c.model.clip = "test"
   c.compilation_cache_dir = str(cache / "xla")
   c.batch_size = 8
