@@ -147,17 +147,20 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   eval_every = config.eval_every or steps_per_epoch
   t_log, n_log = time.time(), 0
   metrics_host: dict[str, float] = {}
+  tracing = False
   for step in range(start, end):
-    if profile and step == profile[0]:
+    if profile and profile[0] <= step < profile[1] and not tracing:  # also when resuming inside the window
       jax.profiler.start_trace(os.path.join(workdir, "profile"))
+      tracing = True
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       train_b, val_b = next(train_it), next(val_it)
       state, metrics = compiled(state, ts.global_batch(train_b, mesh), ts.global_batch(val_b, mesh))
     n_log += 1
     done = step + 1
-    if profile and done == profile[1]:
+    if tracing and (done == profile[1] or done == end):
       jax.block_until_ready(state)
       jax.profiler.stop_trace()
+      tracing = False
     if done % config.log_every == 0 or done == end:
       metrics_host = _to_host(metrics)  # the only host sync in the loop
       dt = time.time() - t_log
