@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -413,8 +412,8 @@ def expand(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
              disable=not progress)
   args = [(j, data_dir, out_dir) for j in todo]
   if workers > 1 and len(args) > 1:
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=synthetic_lib._pool_init) as pool:  # pylint: disable=protected-access
+    with synthetic_lib.pool_context().Pool(
+        workers, initializer=synthetic_lib._pool_init) as pool:  # pylint: disable=protected-access
       results = pool.imap(_run_job_star, args, chunksize=16)
       _collect(results, done, bar, flush, flush_every)
   else:

@@ -551,6 +551,15 @@ def _pool_init() -> None:
   cv2.setNumThreads(1)
 
 
+def pool_context():
+  """A multiprocessing context safe after OpenCV ran in this process: forkserver, else spawn.
+
+  (A plain fork can deadlock in the child when the parent's OpenCV thread pool was in use.)
+  """
+  methods = multiprocessing.get_all_start_methods()
+  return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
 def _fingerprint(params: dict[str, Any]) -> str:
   return hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -598,8 +607,7 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, num_identities: int =
   bar = tqdm(total=len(tasks), desc="synthetic world", unit="identity", disable=not progress)
   results = []
   if workers > 1:
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_pool_init) as pool:
+    with pool_context().Pool(workers, initializer=_pool_init) as pool:
       for r in pool.imap(_video_task, tasks, chunksize=2):
         results.append(r)
         bar.update()
