@@ -149,6 +149,7 @@ def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
       seed=config.seed,
       workers=config.data.workers,
       skip_unreadable=config.data.skip_unreadable,
+      balance_real=bool(train and config.data.get("balance_real", False)),
   )
 
 

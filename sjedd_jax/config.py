@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.perturb_probability = 0.3
   c.data.workers = 0
   c.data.skip_unreadable = False
+  c.data.balance_real = False            # repeat real faces so each epoch is half real (not the release)
 
   # Model.
   c.model = ml_collections.ConfigDict()

@@ -56,7 +56,8 @@ class Record:
   method: str | None = None
 
   def to_json(self) -> str:
-    d = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    # Shallow field access: dataclasses.asdict would deep-copy the landmarks of every record.
+    d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
     if self.landmarks is not None:
       d["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in np.asarray(self.landmarks)]
     return json.dumps(d)

@@ -74,6 +74,7 @@ class DataConfig:
   # Labels of another graph (e.g. the JEDD draft's): source -> (n,) row, -1 = unobserved.
   # Sources not listed (and binary_only) fall back to ``manifest.label_of``.
   label_table: Mapping[str, Sequence[int]] | None = None
+  balance_real: bool = False               # train: repeat real faces to match the fakes per epoch
 
 
 @dataclasses.dataclass
@@ -214,7 +215,7 @@ def train_dataset(cfg: DataConfig, data: Data | None = None, seed: int | None = 
   """The training stream: shuffled per epoch, perturbed, batched with drop_remainder."""
   data = data or load(cfg)
   seed = cfg.seed if seed is None else seed
-  indices = _shard(np.arange(len(data), dtype=np.int64), cfg, equal=True)
+  indices = _train_indices(cfg, data)
   if len(indices) < cfg.batch_size:
     raise ValueError(f"{cfg.data_dir}: {len(indices)} training examples on this process, "
                      f"fewer than batch_size={cfg.batch_size}")
@@ -236,9 +237,26 @@ def _drop_valid(batch):
   return batch
 
 
+def _train_indices(cfg: DataConfig, data: Data) -> np.ndarray:
+  """This process's record indices for one training epoch.
+
+  With ``balance_real`` the real records are repeated (deterministically) so an
+  epoch holds as many real as fake examples.
+  """
+  indices = np.arange(len(data), dtype=np.int64)
+  if cfg.balance_real:
+    is_fake = np.asarray([r.is_fake for r in data.records], bool)
+    real, fake = indices[~is_fake], indices[is_fake]
+    if len(real) and len(fake) > len(real):
+      reps = -(-len(fake) // len(real))
+      real = np.tile(real, reps)[:len(fake)]
+    indices = np.sort(np.concatenate([real, fake]))
+  return _shard(indices, cfg, equal=True)
+
+
 def steps_per_epoch(cfg: DataConfig, data: Data) -> int:
   """Train batches per epoch on each process."""
-  return len(_shard(np.arange(len(data)), cfg, equal=True)) // cfg.batch_size
+  return len(_train_indices(cfg, data)) // cfg.batch_size
 
 
 def train_streams(cfg: DataConfig, data: Data | None = None) -> tuple[grain.DatasetIterator, grain.DatasetIterator]:
