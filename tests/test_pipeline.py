@@ -199,3 +199,16 @@ def test_tfds_arrayrecord_builder(data_dir, tmp_path):
     np.testing.assert_array_equal(ex["y"], y)
     np.testing.assert_array_equal(ex["mask"], mask)
     assert ex["video_id"].decode() == r.video_id and ex["is_fake"] == r.is_fake
+
+
+def test_balance_real_gives_half_real_epochs(data_dir):
+  cfg = cfg_for(data_dir, balance_real=True, perturb_probability=0.0)
+  data = pipeline.load(cfg)
+  n_real = sum(1 for r in data.records if not r.is_fake)
+  n_fake = len(data) - n_real
+  assert 0 < n_real < n_fake
+  indices = pipeline._train_indices(cfg, data)
+  fake = np.asarray([data.records[i].is_fake for i in indices])
+  assert fake.sum() == n_fake and (1 - fake).sum() == n_fake
+  assert pipeline.steps_per_epoch(cfg, data) == 2 * n_fake // cfg.batch_size
+  assert pipeline.steps_per_epoch(cfg_for(data_dir), data) == len(data) // cfg.batch_size
