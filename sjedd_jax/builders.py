@@ -67,7 +67,8 @@ def dataset_dir(config: ml_collections.ConfigDict, progress: bool = True) -> str
       from sjedd_jax.data import expand as expand_lib  # pylint: disable=g-import-not-at-top
       d = synthetic.ensure_synthetic(config.data.cache_dir, expand=False, progress=progress, **params)
       out = d.rstrip("/") + "_xray"
-      expand_lib.expand(d, out, mode="xray", seed=params.get("seed", 0), progress=progress)
+      # One process: forking a pool after JAX has started its threads can deadlock.
+      expand_lib.expand(d, out, mode="xray", seed=params.get("seed", 0), progress=progress, workers=1)
       return out
     return synthetic.ensure_synthetic(config.data.cache_dir, expand=expand, progress=progress, **params)
   if kind == "manifest":
