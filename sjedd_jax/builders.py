@@ -299,7 +299,7 @@ def export(split: SplitModel, params, config, out_dir: str) -> str:
     shutil.rmtree(tmp)
   if getattr(m, "kind", "sjedd") == "jedd":
     from sjedd_jax.models import jedd  # pylint: disable=g-import-not-at-top
-    jedd.export(split.model, m, tmp, to_dict(config))
+    jedd.export(m, tmp, to_dict(config))
     if os.path.exists(out_dir):
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

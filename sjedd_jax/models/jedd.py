@@ -475,11 +475,9 @@ def model_from_config(config, hierarchy: JEDDHierarchy) -> JEDD:
 
 
 # ------------------------------------------------------------------ export
-def export(model: JEDD, params_model: JEDD, out_dir: str, config=None) -> str:
-  """Writes ``params_model``'s CLIP (``load_pretrained`` format) and ``jedd.json`` to ``out_dir``."""
-  del model
+def export(m: JEDD, out_dir: str, config=None) -> str:
+  """Writes the model's CLIP (``load_pretrained`` format) and ``jedd.json`` to ``out_dir``."""
   from sjedd_jax.checkpoints import save_pretrained  # pylint: disable=g-import-not-at-top
-  m = params_model
   os.makedirs(out_dir, exist_ok=True)
   save_pretrained(m.clip, out_dir, source="sjedd_jax.train (jedd)")
   meta = {"kind": "jedd", "hierarchy": m.hierarchy.to_dict(), "probability": m.hierarchy.probability,
