@@ -210,7 +210,7 @@ class ReleaseStep:
     loss.backward()
     self.optimizer.step()
     self._tick("5 final step", t0)
-    return {"task_losses": np.array([float(l) for l in losses]), "hypergradient": hyper.numpy(),
+    return {"task_losses": np.array([float(l.detach()) for l in losses]), "hypergradient": hyper.numpy(),
             "lambda": self.meta_weights.detach().numpy().copy(), "val_primary_loss": val_loss,
             "marginals": pm.detach().numpy()}
 
