@@ -29,6 +29,8 @@ def tiny_config(cache, **over):
   # when the parent process has used OpenCV's threads before (as test_predict does).
   c.data.synthetic.workers = 0
   c.model.clip = "test"
+  if "clip_overrides" in c.model and "vision_width" in c.model.clip_overrides:  # keep the test preset's sizes
+    c.model.clip_overrides.vision_width, c.model.clip_overrides.text_width = 64, 32
   c.compilation_cache_dir = str(cache / "xla")
   c.batch_size = 8
   c.eval_batch_size = 16

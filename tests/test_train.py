@@ -20,6 +20,8 @@ def tiny_config(tmp_cache, **over):
   c.data.synthetic.image_size = 32
   c.data.synthetic.expand = False
   c.model.clip = "test"
+  if "clip_overrides" in c.model and "vision_width" in c.model.clip_overrides:  # keep the test preset's sizes
+    c.model.clip_overrides.vision_width, c.model.clip_overrides.text_width = 64, 32
   c.compilation_cache_dir = str(tmp_cache / "xla")
   c.batch_size = 8
   c.eval_batch_size = 16
