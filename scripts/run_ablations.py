@@ -117,7 +117,7 @@ def table(rows: list[dict]) -> str:
   """One Markdown table: a row per variant, grouped by paper table; columns are test metrics."""
   extra = sorted({k for r in rows if r["metrics"] for k in r["metrics"].get("test_sets", {}) if k != "test"})
   head = ["paper table", "variant", "config", "frame AUC", "video AUC"] + [f"{k} frame AUC" for k in extra] + [
-      "steps", "train s"]
+      "steps", "wall s"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
   order = {t: i for i, t in enumerate(TABLE_ORDER)}
 
