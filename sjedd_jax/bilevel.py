@@ -280,9 +280,11 @@ def dwa(num_tasks: int = 3, *, temperature: float = 2.0, period: int = 1, has_au
     raise ValueError(f"dwa needs period >= 1 and temperature > 0, got {period}, {temperature}")
 
   def init() -> DWAState:
-    ones = jnp.ones((num_tasks,), jnp.float32)
-    zero = jnp.zeros((), jnp.int32)
-    return DWAState(lam=ones, running=jnp.zeros_like(ones), last=ones, before=ones, periods=zero, count=zero)
+    # Distinct buffers per field: a caller may donate the state to a jitted step.
+    ones = lambda: jnp.ones((num_tasks,), jnp.float32)
+    zero = lambda: jnp.zeros((), jnp.int32)
+    return DWAState(lam=ones(), running=jnp.zeros((num_tasks,), jnp.float32), last=ones(), before=ones(),
+                    periods=zero(), count=zero())
 
   def step(state: DWAState, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0):
     del val_batch, lr, weight_decay

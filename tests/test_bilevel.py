@@ -186,3 +186,9 @@ def test_dwa_weights_follow_loss_ratios():
   np.testing.assert_allclose(lams[3], expected, rtol=1e-6)
   np.testing.assert_allclose(lams[4], lams[3])        # held within a period
   assert lams[3][2] > lams[3][1] > lams[3][0]
+
+
+def test_dwa_state_can_be_donated():
+  w = bilevel.dwa(3)
+  f = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+  jax.block_until_ready(f(w.init()))   # fails if two fields share one buffer
