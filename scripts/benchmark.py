@@ -193,7 +193,7 @@ def build_step(c: ml_collections.ConfigDict, kind: str):
   split = builders.split_model(builders.model(c, hierarchy), c)
   losses_fn = ts.make_task_losses_fn(split.scores_fn, hierarchy, c.loss)
   schedule = ts.make_schedule("constant", c.optim.lr, total_steps=1)
-  opt = ts.model_optimizer(schedule, c.optim.weight_decay)
+  opt = ts.model_optimizer(schedule, c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps)
   w = c.weighting
   weighting = ts.make_weighting("bilevel", lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method,
                                 radius=w.radius)

@@ -383,5 +383,6 @@ def _abstract_train_state(config, split: SplitModel):
   """A TrainState with the run's structure (for restoring; values are not used)."""
   import optax  # pylint: disable=g-import-not-at-top
   from sjedd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
-  opt = ts.model_optimizer(optax.constant_schedule(0.0), config.optim.weight_decay)  # same structure
+  opt = ts.model_optimizer(optax.constant_schedule(0.0), config.optim.weight_decay,
+                           b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)  # same structure
   return ts.init_state(split.params, opt, weighting(config, steps_per_epoch=1))

@@ -71,6 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 6e-7
   c.optim.weight_decay = 1e-3
+  c.optim.b1 = 0.9                       # AdamW betas and eps (torch.optim.AdamW's defaults)
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
   c.optim.schedule = "release_cosine"    # constant, cosine, warmup_cosine, release_cosine
   c.optim.t_max = 5                      # release_cosine: half period in epochs
   c.optim.warmup_steps = 0

@@ -101,7 +101,8 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   schedule = ts.make_schedule(config.optim.schedule, config.optim.lr, total_steps=total_steps,
                               steps_per_epoch=steps_per_epoch, warmup_steps=config.optim.warmup_steps,
                               t_max=config.optim.t_max, eta_min=config.optim.eta_min)
-  model_opt = ts.model_optimizer(schedule, config.optim.weight_decay)
+  model_opt = ts.model_optimizer(schedule, config.optim.weight_decay,
+                                 b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
   weighting = builders.weighting(config, steps_per_epoch)
   step_fn = ts.make_train_step(task_losses_fn, weighting, model_opt, schedule, config.optim.weight_decay)
 

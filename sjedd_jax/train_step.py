@@ -76,9 +76,10 @@ def make_schedule(name: str, base_lr: float, *, total_steps: int, steps_per_epoc
   raise ValueError(f"unknown lr schedule {name!r}; expected constant, cosine, warmup_cosine or release_cosine")
 
 
-def model_optimizer(schedule: optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
-  """AdamW (decoupled weight decay, as torch.optim.AdamW) on a learning-rate schedule."""
-  return optax.adamw(schedule, weight_decay=weight_decay)
+def model_optimizer(schedule: optax.Schedule, weight_decay: float, *, b1: float = 0.9, b2: float = 0.999,
+                    eps: float = 1e-8) -> optax.GradientTransformation:
+  """AdamW (decoupled weight decay, as torch.optim.AdamW; its default betas and eps) on a schedule."""
+  return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
 # --------------------------------------------------------------- loss function
