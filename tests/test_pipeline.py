@@ -81,6 +81,24 @@ def test_unperturbed_image_is_the_clip_preprocessed_file(data_dir):
   np.testing.assert_allclose(b["image"][0], want, atol=1e-6)
 
 
+def test_hflip_mirrors_about_half_of_the_training_images(data_dir):
+  cfg = cfg_for(data_dir, perturb_probability=0.0, hflip=True)
+  data = pipeline.load(cfg)
+  clean = pipeline.LoadExample(data, cfg, train=False)  # eval: never flipped
+  batches = take(iter(pipeline.train_dataset(cfg, data)), 2 * N // 4)
+  flipped = 0
+  for b in batches:
+    for j, i in enumerate(b["index"]):
+      want = clean(i)["image"]
+      if np.allclose(b["image"][j], want[:, ::-1]):
+        flipped += 1
+      else:
+        np.testing.assert_allclose(b["image"][j], want)
+  assert 0.25 * 2 * N < flipped < 0.75 * 2 * N
+  again = take(iter(pipeline.train_dataset(cfg, data)), 2 * N // 4)  # seeded: the same flips
+  assert_same(batches, again)
+
+
 def test_determinism_epochs_and_streams(data_dir):
   cfg = cfg_for(data_dir)
   data = pipeline.load(cfg)
@@ -103,13 +121,15 @@ def test_determinism_epochs_and_streams(data_dir):
   assert 0.1 * 2 * N < perturbed < 0.5 * 2 * N
 
 
-def test_resume_from_state(data_dir, tmp_path):
-  cfg = cfg_for(data_dir)
+@pytest.mark.parametrize("balance_real", [False, True])
+def test_resume_from_state(data_dir, tmp_path, balance_real):
+  cfg = cfg_for(data_dir, balance_real=balance_real)
   data = pipeline.load(cfg)
+  per_epoch = pipeline.steps_per_epoch(cfg, data)
   it = iter(pipeline.train_dataset(cfg, data))
-  take(it, 5)
+  take(it, per_epoch - 1)
   state = it.get_state()
-  rest = take(it, 4)  # crosses the epoch boundary (6 batches per epoch)
+  rest = take(it, 4)  # crosses the epoch boundary
   fresh = iter(pipeline.train_dataset(cfg, data))
   fresh.set_state(state)
   assert_same(take(fresh, 4), rest)
@@ -212,3 +232,15 @@ def test_balance_real_gives_half_real_epochs(data_dir):
   assert fake.sum() == n_fake and (1 - fake).sum() == n_fake
   assert pipeline.steps_per_epoch(cfg, data) == 2 * n_fake // cfg.batch_size
   assert pipeline.steps_per_epoch(cfg_for(data_dir), data) == len(data) // cfg.batch_size
+  # Every batch is half real; an epoch holds every fake once, in a new order each epoch.
+  steps = pipeline.steps_per_epoch(cfg, data)
+  batches = take(iter(pipeline.train_dataset(cfg, data)), 2 * steps)
+  for b in batches:
+    assert b["is_fake"].sum() == cfg.batch_size // 2
+  epochs = [np.concatenate([b["index"][b["is_fake"] == 1] for b in batches[e * steps:(e + 1) * steps]])
+            for e in (0, 1)]
+  fakes = [i for i in range(len(data)) if data.records[i].is_fake]
+  assert sorted(epochs[0]) == sorted(epochs[1]) == fakes and not np.array_equal(epochs[0], epochs[1])
+  assert_same(batches, take(iter(pipeline.train_dataset(cfg, data)), 2 * steps))  # seeded
+  with pytest.raises(ValueError, match="must be even"):
+    pipeline.train_dataset(cfg_for(data_dir, balance_real=True, batch_size=3), data)

@@ -62,6 +62,7 @@ class DataConfig:
   binary_only: bool = False
   perturb_probability: float = perturb_lib.PROBABILITY   # train only; 0 turns it off
   perturb_names: Sequence[str] = perturb_lib.NAMES
+  hflip: bool = False                      # train: mirror each image with probability 1/2 (not the release)
   patch_mode: str = "block"
   seed: int = 0
   num_epochs: int | None = None            # None: repeat forever
@@ -74,7 +75,7 @@ class DataConfig:
   # Labels of another graph (e.g. the JEDD draft's): source -> (n,) row, -1 = unobserved.
   # Sources not listed (and binary_only) fall back to ``manifest.label_of``.
   label_table: Mapping[str, Sequence[int]] | None = None
-  balance_real: bool = False               # train: repeat real faces to match the fakes per epoch
+  balance_real: bool = False               # train: every batch half real, half fake (real faces repeated)
 
 
 @dataclasses.dataclass
@@ -140,6 +141,7 @@ class LoadExample:
     self.skip_unreadable = cfg.skip_unreadable
     self.perturb = (perturb_lib.make(cfg.perturb_probability, tuple(cfg.perturb_names), cfg.patch_mode)
                     if train and cfg.perturb_probability > 0 else None)
+    self.hflip = train and cfg.hflip
     self.skipped = 0
 
   def __call__(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -149,6 +151,8 @@ class LoadExample:
     image, index = self._read(index)
     if self.perturb is not None:
       image = self.perturb(image, rng)
+    if self.hflip and rng.random() < 0.5:  # label preserving: the labels name regions, not sides
+      image = np.ascontiguousarray(image[:, ::-1])
     return {
         "image": clip_preprocess.preprocess_np(image, self.size),
         "y": self.y[index], "mask": self.mask[index],
@@ -220,10 +224,15 @@ def train_dataset(cfg: DataConfig, data: Data | None = None, seed: int | None = 
     raise ValueError(f"{cfg.data_dir}: {len(indices)} training examples on this process, "
                      f"fewer than batch_size={cfg.batch_size}")
   load_fn = LoadExample(data, cfg, train=True)
-  ds = (grain.MapDataset.source(indices.tolist())
-        .seed(seed % 2**32)
-        .shuffle()
-        .random_map(load_fn)
+  seed = seed % 2**32
+  if cfg.balance_real:  # real and fake shuffled apart, then alternated: every batch half real
+    real, fake = _balanced_halves(cfg, data)
+    ds = grain.MapDataset.mix([grain.MapDataset.source(real.tolist()).seed(seed).shuffle(),
+                               grain.MapDataset.source(fake.tolist()).seed((seed + 1) % 2**32).shuffle()])
+    ds = ds.seed(seed)
+  else:
+    ds = grain.MapDataset.source(indices.tolist()).seed(seed).shuffle()
+  ds = (ds.random_map(load_fn)
         .batch(cfg.batch_size, drop_remainder=True, batch_fn=_batch_fn))
   if not keep_valid:
     ds = ds.map(_drop_valid)
@@ -237,21 +246,34 @@ def _drop_valid(batch):
   return batch
 
 
+def _balanced_halves(cfg: DataConfig, data: Data) -> tuple[np.ndarray, np.ndarray]:
+  """``balance_real``: this process's real and fake record indices, of equal length.
+
+  The smaller class is repeated (deterministically) to the size of the larger.
+  """
+  indices = np.arange(len(data), dtype=np.int64)
+  is_fake = np.asarray([r.is_fake for r in data.records], bool)
+  real, fake = indices[~is_fake], indices[is_fake]
+  if not len(real) or not len(fake):
+    raise ValueError(f"{cfg.data_dir}: balance_real needs real and fake training records; "
+                     f"found {len(real)} real and {len(fake)} fake")
+  if cfg.batch_size % 2:
+    raise ValueError(f"balance_real makes every batch half real, half fake: the per-process "
+                     f"batch size {cfg.batch_size} must be even")
+  n = max(len(real), len(fake))
+  real, fake = (np.tile(x, -(-n // len(x)))[:n] for x in (real, fake))
+  return _shard(real, cfg, equal=True), _shard(fake, cfg, equal=True)
+
+
 def _train_indices(cfg: DataConfig, data: Data) -> np.ndarray:
   """This process's record indices for one training epoch.
 
-  With ``balance_real`` the real records are repeated (deterministically) so an
-  epoch holds as many real as fake examples.
+  With ``balance_real`` the smaller class (usually the real faces) is repeated
+  so an epoch holds as many real as fake examples, and each batch is half real.
   """
-  indices = np.arange(len(data), dtype=np.int64)
   if cfg.balance_real:
-    is_fake = np.asarray([r.is_fake for r in data.records], bool)
-    real, fake = indices[~is_fake], indices[is_fake]
-    if len(real) and len(fake) > len(real):
-      reps = -(-len(fake) // len(real))
-      real = np.tile(real, reps)[:len(fake)]
-    indices = np.sort(np.concatenate([real, fake]))
-  return _shard(indices, cfg, equal=True)
+    return np.sort(np.concatenate(_balanced_halves(cfg, data)))
+  return _shard(np.arange(len(data), dtype=np.int64), cfg, equal=True)
 
 
 def steps_per_epoch(cfg: DataConfig, data: Data) -> int:
