@@ -18,6 +18,8 @@ differs. Modes (``--modes``, comma separated):
              instead of reusing the linearisation (``naive_step.make_fresh_step``)
   fresh_fd_vmap  as fresh, the two finite-difference forwards as one vmapped pass
   ctx77      the full 77-token text context
+  compact    only the templates' token-embedding rows (model.compact_vocab)
+  full_vocab the whole 49408-row token table (for configs that set compact_vocab)
   bf16       bfloat16 compute (model.dtype)
   per_level  the release's per-loss work (three CLIP forwards per loss, 77
              tokens) inside the fused program
@@ -68,7 +70,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (
 _PRESET = flags.DEFINE_string("preset", None, "CLIP preset (ViT-B/32, tiny, ...) when no --config is given; "
                               "with --config it overrides config.model.clip.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global batch size (default: the config's).")
-_MODES = flags.DEFINE_list("modes", ["fused", "jvp", "fresh", "ctx77", "bf16", "per_level", "naive"],
+_MODES = flags.DEFINE_list("modes", ["fused", "compact", "jvp", "fresh", "ctx77", "bf16", "per_level", "naive"],
                            "Modes to compare (see the module docstring).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per mode.")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per mode after compiling.")
@@ -103,7 +105,9 @@ MODES = {
     "bf16": ({"model.dtype": "bfloat16"}, "fused", "as fused, bfloat16 compute"),
     "per_level": ({"model.per_level_passes": True, "model.text_context": 77}, "fused",
                   "as fused, release's 3 CLIP passes/loss at 77 tok"),
-    "naive": ({"model.per_level_passes": True, "model.text_context": 77}, "naive",
+    "compact": ({"model.compact_vocab": True}, "fused", "as fused, only the templates' token rows"),
+    "full_vocab": ({"model.compact_vocab": False}, "fused", "as fused, the whole 49408-row token table"),
+    "naive": ({"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False}, "naive",
               "release's work: 3 CLIP passes/loss, 77 tok, 5 separate programs"),
 }
 

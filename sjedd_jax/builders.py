@@ -147,6 +147,7 @@ def data_config(config: ml_collections.ConfigDict, data_dir: str, split: str, *,
       unobserved_as_zero=config.data.unobserved_as_zero,
       binary_only=config.data.binary_only,
       perturb_probability=config.data.perturb_probability if train else 0.0,
+      hflip=bool(train and config.data.get("hflip", False)),
       seed=config.seed,
       workers=config.data.workers,
       skip_unreadable=config.data.skip_unreadable,
@@ -244,7 +245,21 @@ def _model_options(config, hierarchy) -> dict[str, Any]:
 
 
 def model(config, hierarchy):
-  """The SJEDD model of ``config.model``: a pretrained CLIP from a local path, or a fresh preset."""
+  """The model of ``config.model``: a pretrained CLIP from a local path, or a fresh preset.
+
+  With ``config.model.compact_vocab`` the text tower keeps only the token rows
+  its templates use (``clip.restrict_vocabulary``): the same outputs and the same
+  training, with a far smaller parameter tree.
+  """
+  m_ = _model(config, hierarchy)
+  if config.model.get("compact_vocab", False) and getattr(m_, "head_kind", "text") == "text":
+    from sjedd_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
+    ids = clip_lib.restrict_vocabulary(m_.clip, m_.template_ids)
+    m_.template_ids = tuple(tuple(int(t) for t in row) for row in ids)
+  return m_
+
+
+def _model(config, hierarchy):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
   m = config.model

@@ -31,9 +31,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.expansion_mode = "regions"      # "regions" (spec 7) or "xray" (Face X-ray-style blending, Table XI)
   c.data.label_table = ""                # "": Table I; "jedd_draft" or a JSON file {source: {node: 0/1/null}}
   c.data.perturb_probability = 0.3
+  c.data.hflip = False                   # True: random horizontal flips in training (not the release)
   c.data.workers = 0
   c.data.skip_unreadable = False
-  c.data.balance_real = False            # repeat real faces so each epoch is half real (not the release)
+  c.data.balance_real = False            # every batch half real, half fake; real faces repeated (not the release)
 
   # Model.
   c.model = ml_collections.ConfigDict()
@@ -51,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.templates = "release"          # "release" or "keyword"
   c.model.text_context = 0               # 0: longest template (17); 77: full context
   c.model.dtype = "float32"              # compute dtype; "bfloat16" for speed
+  c.model.compact_vocab = False          # True: keep only the templates' token-embedding rows (same outputs)
 
   c.hierarchy = "ffpp"                   # name, JSON path or dict
   c.loss = "fidelity"                    # or "bce"

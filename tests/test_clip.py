@@ -200,6 +200,10 @@ def test_presets():
   assert (l14.vision_width, l14.vision_layers, l14.embed_dim) == (1024, 24, 768)
   tiny = clip_lib.get_config("tiny")
   assert (tiny.vocab_size, tiny.context_length, tiny.image_size) == (49408, 77, 64)
+  # A width override brings the usual 4 x width MLP unless the MLP width is given too.
+  narrow = clip_lib.get_config("tiny", vision_width=96, text_width=64)
+  assert (narrow.vision_mlp_dim, narrow.text_mlp_dim) == (384, 256)
+  assert clip_lib.get_config("tiny", vision_width=96, vision_mlp_dim=100).vision_mlp_dim == 100
   with pytest.raises(KeyError, match="unknown CLIP preset"):
     clip_lib.get_config("ViT-H/14")
 

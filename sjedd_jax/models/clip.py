@@ -33,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -134,10 +135,17 @@ _ALIASES = {"vit_b32": "ViT-B/32", "vit-b-32": "ViT-B/32", "vit_b16": "ViT-B/16"
 
 
 def get_config(name: str = "ViT-B/32", **overrides) -> CLIPConfig:
-  """A preset by name ("ViT-B/32", "ViT-B/16", "ViT-L/14", "tiny", "test"), with overrides."""
+  """A preset by name ("ViT-B/32", "ViT-B/16", "ViT-L/14", "tiny", "test"), with overrides.
+
+  Overriding a tower's width without its MLP width gives the usual 4 x width MLP
+  (not the preset's MLP width).
+  """
   key = _ALIASES.get(name.lower(), name) if name not in PRESETS else name
   if key not in PRESETS:
     raise KeyError(f"unknown CLIP preset {name!r}; presets are {sorted(PRESETS)}")
+  for tower in ("vision", "text"):
+    if f"{tower}_width" in overrides and f"{tower}_mlp_dim" not in overrides:
+      overrides[f"{tower}_mlp_dim"] = 0  # 0: 4 x width (CLIPConfig.__post_init__)
   return PRESETS[key].replace(**overrides)
 
 
@@ -291,3 +299,29 @@ class CLIP(nnx.Module):
 
   def __call__(self, images: jax.Array, token_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     return self.encode_image(images), self.encode_text(token_ids)
+
+
+def restrict_vocabulary(clip: CLIP, token_ids) -> np.ndarray:
+  """Keeps only the token-embedding rows that ``token_ids`` use; returns the renumbered ids.
+
+  A model that only ever encodes a fixed set of templates (SJEDD's ten) needs
+  those rows of the 49408-row table. The kept rows are the padding row 0 and the
+  used ids in increasing order, so the end-of-text id stays the largest (CLIP
+  pools there) and the text tower computes exactly what it computed before. The
+  unused rows never affect an output but cost the optimiser (AdamW, the bi-level
+  virtual step and finite differences touch every parameter): for the synthetic
+  default's tiny CLIP they are 85 % of all parameters. ``clip`` is changed in
+  place (its table and ``config.vocab_size``).
+  """
+  ids = np.asarray(token_ids, np.int32)
+  used = np.unique(ids[ids > 0])
+  if used.size and used.max() >= clip.config.vocab_size:
+    raise ValueError(f"restrict_vocabulary: token id {used.max()} >= the vocabulary size {clip.config.vocab_size}")
+  keep = np.concatenate([[0], used]).astype(np.int32)
+  renumber = np.zeros(clip.config.vocab_size, np.int32)
+  renumber[keep] = np.arange(keep.size, dtype=np.int32)
+  emb = clip.text.token_embedding
+  emb.embedding = nnx.Param(jnp.asarray(emb.embedding[...])[keep])
+  emb.num_embeddings = int(keep.size)
+  clip.config = clip.config.replace(vocab_size=int(keep.size))
+  return renumber[ids]

@@ -383,7 +383,8 @@ class JEDD(nnx.Module):
       ids = np.asarray(template_ids, np.int32)
       if ids.shape[0] != len(texts):
         raise JEDDError(f"{ids.shape[0]} stored template id rows for {len(texts)} prompts")
-      ids = templates_lib.pad([r[:int(np.argmax(r)) + 1].tolist() for r in ids], ctx)
+      if ids.shape[1] != ctx:
+        ids = templates_lib.pad([r[:int(np.argmax(r)) + 1].tolist() for r in ids], ctx)
     if ids.max() >= clip.config.vocab_size:
       raise JEDDError(f"template id {ids.max()} >= the CLIP vocabulary size {clip.config.vocab_size}")
     self.texts = tuple(texts)
