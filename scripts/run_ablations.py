@@ -74,7 +74,7 @@ def _set(config, key: str, text: str) -> None:
 
 def build_config(path: str, arg: str | None, steps: int | None, sets: list[str]):
   c = config_lib.load_config_file(path, arg if os.path.basename(path) not in ("synthetic.py", "ffpp.py") else None)
-  if steps:
+  if steps and (c.total_steps or c.num_epochs):  # a zero-shot config (no steps at all) stays so
     c.total_steps = steps
     c.eval_every = steps
     c.ckpt_every = steps

@@ -11,6 +11,7 @@ import pytest
 
 from sjedd_jax import builders
 from sjedd_jax import config as config_lib
+from tests.tiny import shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -45,6 +46,7 @@ EXPECTED = {
     "jedd_bce": ({"loss": "bce"}, None),
     "jedd_hierarchical": ({"model.jedd.probability": "hierarchy"}, None),
     "jedd_bilevel": ({"weighting.kind": "bilevel"}, None),
+    "jedd_zero_shot": ({"num_epochs": 0}, {"num_epochs": 0, "total_steps": 0}),
 }
 # configs/jedd_draft.py against the SJEDD configs it builds on (FF++, twin).
 _JEDD_COMMON = {"model.kind": "jedd", "hierarchy": "jedd_draft", "data.label_table": "jedd_draft",
@@ -116,18 +118,7 @@ def test_cli_loads_a_twin_with_its_argument():
 
 # ------------------------------------------------------------------- training on the synthetic world
 def tiny(c, cache):
-  c.data.cache_dir = str(cache)
-  c.data.image_size = 32
-  c.data.synthetic.num_identities = 10
-  c.data.synthetic.expressions_per_identity = 2
-  c.data.synthetic.image_size = 32
-  c.data.synthetic.expand = True
-  c.model.clip = "test"
-  if "clip_overrides" in c.model and "vision_width" in c.model.clip_overrides:  # keep the test preset's sizes
-    c.model.clip_overrides.vision_width, c.model.clip_overrides.text_width = 64, 32
-  c.compilation_cache_dir = str(cache / "xla")
-  c.batch_size = 8
-  c.eval_batch_size = 16
+  c = shrink(c, cache, expand=True)
   c.total_steps = 2
   c.log_every = 1
   c.eval_every = 2
@@ -277,3 +268,16 @@ def test_jedd_draft_trains_evaluates_and_exports(cache, tmp_path):
   model = nnx.merge(split.graphdef, params, split.rest)
   np.testing.assert_allclose(reloaded.marginals(images), model.marginals(images), atol=1e-5)
   assert reloaded.token_ids_source == "placeholder"
+
+
+def test_zero_shot_evaluates_the_model_as_built(cache, tmp_path):
+  from sjedd_jax import train
+  config = tiny(load("jedd_zero_shot", "synthetic"), cache)
+  config.total_steps = 0
+  final = train.run(config, str(tmp_path / "zero"), progress=False)
+  assert final["steps"] == 0 and 0.0 <= final["test/frame_auc"] <= 1.0
+  assert json.load(open(tmp_path / "zero" / "metrics.json"))["test/frame_auc"] == final["test/frame_auc"]
+  exported = builders.load_export(str(tmp_path / "zero" / "export"))
+  built = builders.model(config, builders.hierarchy(config))
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  np.testing.assert_allclose(exported.marginals(images), built.marginals(images), atol=1e-6)

@@ -15,25 +15,14 @@ import re
 import pytest
 
 from configs import synthetic as synthetic_config  # noqa: E402  (repo root is on sys.path under pytest)
+from tests import tiny
 
 
 def tiny_config(cache, **over):
-  c = synthetic_config.get_config()
-  c.data.cache_dir = str(cache)
-  c.data.image_size = 32
-  c.data.synthetic.num_identities = 10
-  c.data.synthetic.expressions_per_identity = 2
-  c.data.synthetic.image_size = 32
-  c.data.synthetic.expand = False
+  c = tiny.shrink(synthetic_config.get_config(), cache)
   # Render in this process: synthetic.generate's fork()ed pool deadlocks in OpenCV
   # when the parent process has used OpenCV's threads before (as test_predict does).
   c.data.synthetic.workers = 0
-  c.model.clip = "test"
-  if "clip_overrides" in c.model and "vision_width" in c.model.clip_overrides:  # keep the test preset's sizes
-    c.model.clip_overrides.vision_width, c.model.clip_overrides.text_width = 64, 32
-  c.compilation_cache_dir = str(cache / "xla")
-  c.batch_size = 8
-  c.eval_batch_size = 16
   c.total_steps = 4
   c.log_every = 2
   c.eval_every = 100

@@ -9,22 +9,11 @@ import pytest
 
 from sjedd_jax import builders
 from configs import synthetic as synthetic_config  # noqa: E402  (repo root is on sys.path under pytest)
+from tests import tiny
 
 
 def tiny_config(tmp_cache, **over):
-  c = synthetic_config.get_config()
-  c.data.cache_dir = str(tmp_cache)
-  c.data.image_size = 32
-  c.data.synthetic.num_identities = 10
-  c.data.synthetic.expressions_per_identity = 2
-  c.data.synthetic.image_size = 32
-  c.data.synthetic.expand = False
-  c.model.clip = "test"
-  if "clip_overrides" in c.model and "vision_width" in c.model.clip_overrides:  # keep the test preset's sizes
-    c.model.clip_overrides.vision_width, c.model.clip_overrides.text_width = 64, 32
-  c.compilation_cache_dir = str(tmp_cache / "xla")
-  c.batch_size = 8
-  c.eval_batch_size = 16
+  c = tiny.shrink(synthetic_config.get_config(), tmp_cache)
   c.total_steps = 6
   c.log_every = 2
   c.eval_every = 3
