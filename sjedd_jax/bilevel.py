@@ -172,7 +172,10 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
     method: "finite_difference" (spec default) or "jvp".
     radius: finite-difference radius (spec: 0.01).
     update_every: update lam every k-th step only (lam is held in between, and
-      the hypergradient work is skipped with ``lax.cond``).
+      the hypergradient work is skipped with ``lax.cond``). ``step(...,
+      update=True/False)`` fixes the branch when tracing instead, for callers
+      that compile one program per branch and pick on the host (a held step
+      then costs one forward and one backward; ``sjedd_jax.train`` does this).
     has_aux: ``task_losses_fn`` returns ``(losses, aux)``; aux is passed back in
       ``info["aux"]``.
 
@@ -198,14 +201,14 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
     return BilevelState(lam=lam, opt_state=optimizer.init(lam), count=jnp.zeros((), jnp.int32))
 
   def step(state: BilevelState, task_losses_fn: TaskLossesFn, params: PyTree, train_batch: Any,
-           val_batch: Any, *, lr, weight_decay=0.0):
+           val_batch: Any, *, lr, weight_decay=0.0, update: bool | None = None):
     lr = jnp.asarray(lr, jnp.float32)
     losses, f_jvp, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
     if losses.shape != (num_tasks,):
       raise ValueError(f"task_losses_fn returned shape {losses.shape}, expected ({num_tasks},)")
     g = f_vjp(state.lam)  # 1.
 
-    def update(_):
+    def update_branch(_):
       h, diag = _directional(task_losses_fn, params, state.lam, g, f_jvp, train_batch, val_batch,
                              lr=lr, weight_decay=weight_decay, primary=primary, method=method,
                              radius=radius, has_aux=has_aux)
@@ -220,12 +223,15 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
       diag = {"val_primary_loss": zero, "d_norm": zero, "fd_eps": zero}
       return g, state.lam, state.opt_state, jnp.zeros_like(state.lam), diag
 
-    if update_every == 1:
-      grads, lam, opt_state, hyper, diag = update(None)
+    if update_every == 1 or update is True:
+      grads, lam, opt_state, hyper, diag = update_branch(None)
       updated = jnp.ones((), jnp.bool_)
+    elif update is False:
+      grads, lam, opt_state, hyper, diag = hold(None)
+      updated = jnp.zeros((), jnp.bool_)
     else:
       updated = state.count % update_every == 0
-      grads, lam, opt_state, hyper, diag = jax.lax.cond(updated, update, hold, None)
+      grads, lam, opt_state, hyper, diag = jax.lax.cond(updated, update_branch, hold, None)
     new_state = BilevelState(lam=lam, opt_state=opt_state, count=state.count + 1)
     info = {"task_losses": losses, "lam": lam, "hypergradient": hyper, "lam_updated": updated, **diag}
     if has_aux:
@@ -243,8 +249,9 @@ def fixed_weights(weights: Sequence[float], *, has_aux: bool = False) -> AutoLam
     lam = jnp.asarray(weights, jnp.float32)
     return BilevelState(lam=lam, opt_state=optax.EmptyState(), count=jnp.zeros((), jnp.int32))
 
-  def step(state, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0):
-    del val_batch, lr, weight_decay
+  def step(state, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0,
+           update=None):
+    del val_batch, lr, weight_decay, update
     losses, _, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
     grads = f_vjp(state.lam)
     zero = jnp.zeros((), jnp.float32)
@@ -286,8 +293,9 @@ def dwa(num_tasks: int = 3, *, temperature: float = 2.0, period: int = 1, has_au
     return DWAState(lam=ones(), running=jnp.zeros((num_tasks,), jnp.float32), last=ones(), before=ones(),
                     periods=zero(), count=zero())
 
-  def step(state: DWAState, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0):
-    del val_batch, lr, weight_decay
+  def step(state: DWAState, task_losses_fn, params, train_batch, val_batch=None, *, lr=None, weight_decay=0.0,
+           update=None):
+    del val_batch, lr, weight_decay, update
     losses, _, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
     grads = f_vjp(state.lam)
     running = state.running + jax.lax.stop_gradient(losses)

@@ -104,7 +104,8 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   model_opt = ts.model_optimizer(schedule, config.optim.weight_decay,
                                  b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
   weighting = builders.weighting(config, steps_per_epoch)
-  step_fn = ts.make_train_step(task_losses_fn, weighting, model_opt, schedule, config.optim.weight_decay)
+  wd = config.optim.weight_decay
+  every = config.weighting.update_every if config.weighting.kind == "bilevel" else 1
 
   mesh = ts.data_mesh()
   if config.batch_size % mesh.devices.size:
@@ -115,7 +116,17 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
                                f"{mesh.devices.size} devices")
   train_it, val_it = pipeline.train_streams(train_cfg, train_data)
   state = ts.shard_state(ts.init_state(split.params, model_opt, weighting), mesh)
-  compiled = ts.compile_train_step(step_fn, mesh)
+  if every > 1:
+    # One program per branch, picked on the host: a held step then runs only the forward and
+    # backward at theta (a lax.cond in one program costs more than the branch it skips).
+    branches = {u: ts.compile_train_step(ts.make_train_step(task_losses_fn, weighting, model_opt,
+                                                            schedule, wd, lam_update=u), mesh)
+                for u in (True, False)}
+    compiled_for = lambda step: branches[step % every == 0]
+  else:
+    compiled = ts.compile_train_step(ts.make_train_step(task_losses_fn, weighting, model_opt,
+                                                        schedule, wd), mesh)
+    compiled_for = lambda step: compiled
   evaluator = evaluator_lib.Evaluator(split, hierarchy, mesh)
 
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_ckpts)
@@ -155,7 +166,7 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
       tracing = True
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       train_b, val_b = next(train_it), next(val_it)
-      state, metrics = compiled(state, ts.global_batch(train_b, mesh), ts.global_batch(val_b, mesh))
+      state, metrics = compiled_for(step)(state, ts.global_batch(train_b, mesh), ts.global_batch(val_b, mesh))
     n_log += 1
     done = step + 1
     if tracing and (done == profile[1] or done == end):

@@ -125,13 +125,18 @@ def init_state(params: PyTree, model_opt: optax.GradientTransformation,
 
 def make_train_step(task_losses_fn: Callable, weighting: bilevel.AutoLambda,
                     model_opt: optax.GradientTransformation, schedule: optax.Schedule,
-                    weight_decay: float) -> Callable:
-  """The pure step ``(state, train_batch, val_batch) -> (state, metrics)`` (not yet jitted)."""
+                    weight_decay: float, lam_update: bool | None = None) -> Callable:
+  """The pure step ``(state, train_batch, val_batch) -> (state, metrics)`` (not yet jitted).
+
+  ``lam_update`` True/False builds the step that always/never updates lambda
+  (for ``weighting.update_every`` > 1: one program each, picked on the host);
+  None lets the weighting decide from its step count.
+  """
 
   def train_step(state: TrainState, train_batch, val_batch):
     lr = schedule(state.step)
     grads, lam_state, info = weighting.step(state.lam_state, task_losses_fn, state.params, train_batch,
-                                            val_batch, lr=lr, weight_decay=weight_decay)
+                                            val_batch, lr=lr, weight_decay=weight_decay, update=lam_update)
     updates, opt_state = model_opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {

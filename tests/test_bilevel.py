@@ -118,6 +118,14 @@ def test_update_every_and_fixed_weights():
     assert bool(info["lam_updated"]) == (len(lams) % 2 == 1)
   np.testing.assert_array_equal(lams[1], lams[0])
   assert not np.array_equal(lams[2], lams[1])
+  # One program per branch, picked on the host (what sjedd_jax.train does), gives the same run.
+  branch = {u: jax.jit(lambda s, u=u: w.step(s, quad_losses, params, tr, va, lr=0.1, update=u))
+            for u in (True, False)}
+  s = w.init()
+  for i in range(4):
+    _, s, info = branch[i % 2 == 0](s)
+    assert bool(info["lam_updated"]) == (i % 2 == 0)
+    np.testing.assert_allclose(np.asarray(s.lam), lams[i], rtol=1e-6)
   fw = bilevel.fixed_weights([1.0, 0.1, 0.1])
   g, s2, info = jax.jit(lambda s: fw.step(s, quad_losses, params, tr))(fw.init())
   _, g_ref = closed_form(A, a_tr, a_va, theta, np.array([1, .1, .1]), 0.1, 0, (1, 0, 0))
