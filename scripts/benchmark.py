@@ -106,6 +106,8 @@ MODES = {
     "per_level": ({"model.per_level_passes": True, "model.text_context": 77}, "fused",
                   "as fused, release's 3 CLIP passes/loss at 77 tok"),
     "compact": ({"model.compact_vocab": True}, "fused", "as fused, only the templates' token rows"),
+    "held": ({}, "held", "as fused, a step that holds lambda (update_every > 1, its own program)"),
+    "cond_held": ({}, "cond_held", "as held, but the held branch of one lax.cond program"),
     "full_vocab": ({"model.compact_vocab": False}, "fused", "as fused, the whole 49408-row token table"),
     "naive": ({"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False}, "naive",
               "release's work: 3 CLIP passes/loss, 77 tok, 5 separate programs"),
@@ -200,14 +202,18 @@ def build_step(c: ml_collections.ConfigDict, kind: str):
   opt = ts.model_optimizer(schedule, c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps)
   w = c.weighting
   weighting = ts.make_weighting("bilevel", lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method,
-                                radius=w.radius)
+                                radius=w.radius, update_every=2 ** 30 if kind == "cond_held" else 1)
   mesh = ts.data_mesh()
-  state = ts.shard_state(ts.init_state(split.params, opt, weighting), mesh)
+  state = ts.init_state(split.params, opt, weighting)
+  if kind == "cond_held":  # count 1: every timed step takes the cond's held branch
+    state = state._replace(lam_state=state.lam_state._replace(count=jnp.ones((), jnp.int32)))
+  state = ts.shard_state(state, mesh)
   rng = np.random.default_rng(c.seed)
   n = hierarchy.num_nodes
   tb, vb = (ts.global_batch(random_batch(rng, c.batch_size, c.data.image_size, n), mesh) for _ in range(2))
-  if kind == "fused":
-    step = ts.compile_train_step(ts.make_train_step(losses_fn, weighting, opt, schedule, c.optim.weight_decay),
+  if kind in ("fused", "held", "cond_held"):
+    step = ts.compile_train_step(ts.make_train_step(losses_fn, weighting, opt, schedule, c.optim.weight_decay,
+                                                    lam_update=False if kind == "held" else None),
                                  mesh)
   elif kind in ("fresh", "fresh_fd_vmap"):
     step = ts.compile_train_step(naive_step.make_fresh_step(losses_fn, opt, schedule, c.optim.weight_decay,

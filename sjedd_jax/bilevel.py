@@ -223,12 +223,12 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
       diag = {"val_primary_loss": zero, "d_norm": zero, "fd_eps": zero}
       return g, state.lam, state.opt_state, jnp.zeros_like(state.lam), diag
 
-    if update_every == 1 or update is True:
-      grads, lam, opt_state, hyper, diag = update_branch(None)
-      updated = jnp.ones((), jnp.bool_)
-    elif update is False:
+    if update is False:
       grads, lam, opt_state, hyper, diag = hold(None)
       updated = jnp.zeros((), jnp.bool_)
+    elif update is True or update_every == 1:
+      grads, lam, opt_state, hyper, diag = update_branch(None)
+      updated = jnp.ones((), jnp.bool_)
     else:
       updated = state.count % update_every == 0
       grads, lam, opt_state, hyper, diag = jax.lax.cond(updated, update_branch, hold, None)
