@@ -124,6 +124,7 @@ def tiny(c, cache):
   c.eval_every = 2
   c.ckpt_every = 2
   c.optim.warmup_steps = 1
+  c.weighting.update_every = 1  # both steps update lambda (step 0 has lr 0, so a zero hypergradient)
   return c
 
 

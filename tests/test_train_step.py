@@ -81,7 +81,8 @@ def test_step_matches_library_composition():
   fn = ts.make_task_losses_fn(linear_scores, hierarchy.ffpp())
   hg = ts.bilevel.hypergradient(fn, params, jnp.ones(3), tr, va, lr=1e-2, weight_decay=1e-3, method="jvp",
                                 has_aux=True)
-  np.testing.assert_allclose(m["hypergradient"], hg, rtol=1e-4, atol=1e-12)
+  # One fused program vs op-by-op: float32 rounding, relative to the vector's scale.
+  np.testing.assert_allclose(m["hypergradient"], hg, rtol=1e-4, atol=1e-4 * float(jnp.abs(hg).max()))
   upd, _ = optax.adam(1e-2).update(hg, optax.adam(1e-2).init(jnp.ones(3)), jnp.ones(3))
   np.testing.assert_allclose(new_state.lam_state.lam, 1.0 + upd, rtol=1e-6)
   lam = new_state.lam_state.lam
