@@ -116,17 +116,12 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
                                f"{mesh.devices.size} devices")
   train_it, val_it = pipeline.train_streams(train_cfg, train_data)
   state = ts.shard_state(ts.init_state(split.params, model_opt, weighting), mesh)
-  if every > 1:
-    # One program per branch, picked on the host: a held step then runs only the forward and
-    # backward at theta (a lax.cond in one program costs more than the branch it skips).
-    branches = {u: ts.compile_train_step(ts.make_train_step(task_losses_fn, weighting, model_opt,
-                                                            schedule, wd, lam_update=u), mesh)
-                for u in (True, False)}
-    compiled_for = lambda step: branches[step % every == 0]
-  else:
-    compiled = ts.compile_train_step(ts.make_train_step(task_losses_fn, weighting, model_opt,
-                                                        schedule, wd), mesh)
-    compiled_for = lambda step: compiled
+  # With update_every > 1, one program per branch, picked on the host: a held step then runs only
+  # the forward and backward at theta (a lax.cond in one program costs more than the branch it skips).
+  programs = {u: ts.compile_train_step(ts.make_train_step(task_losses_fn, weighting, model_opt,
+                                                          schedule, wd, lam_update=u), mesh)
+              for u in ((True, False) if every > 1 else (None,))}
+  compiled_for = lambda step: programs[step % every == 0 if every > 1 else None]
   evaluator = evaluator_lib.Evaluator(split, hierarchy, mesh)
 
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_ckpts)
