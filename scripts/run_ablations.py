@@ -88,10 +88,14 @@ def build_config(path: str, arg: str | None, steps: int | None, sets: list[str])
   return c
 
 
+def run_name(path: str, arg: str | None, steps: int | None) -> str:
+  return os.path.basename(path)[:-3] + (f"_{arg}" if arg else "") + (f"_{steps}" if steps else "")
+
+
 def run_one(path: str, arg: str | None, steps: int | None, sets: list[str], root: str, progress: bool):
   """Trains one config (or finds it finished) -> (workdir, metrics dict or None, error or None)."""
   from sjedd_jax import train  # pylint: disable=g-import-not-at-top
-  name = os.path.basename(path)[:-3] + (f"_{arg}" if arg else "") + (f"_{steps}" if steps else "")
+  name = run_name(path, arg, steps)
   workdir = os.path.join(root, name)
   metrics_path = os.path.join(workdir, "metrics.json")
   if os.path.exists(metrics_path):
@@ -131,7 +135,8 @@ def table(rows: list[dict]) -> str:
     m = r["metrics"]
     title = "SJEDD VI-XI" if r["table"] == "SJEDD" else TABLE_TITLE.get(r["table"], r["table"])
     if m is None:
-      cells = [title, r["row"], r["config"], f"failed: {r['error']}", ""] + [""] * len(extra) + ["", ""]
+      status = r["error"] if r["error"].startswith("not finished") else f"failed: {r['error']}"
+      cells = [title, r["row"], r["config"], status, ""] + [""] * len(extra) + ["", ""]
     else:
       sets = m.get("test_sets", {})
       cells = [title, r["row"], r["config"], _fmt(m.get("test/frame_auc")), _fmt(m.get("test/video_auc"))]
@@ -150,6 +155,8 @@ def main(argv=None) -> int:
   ap.add_argument("--set", action="append", default=[], help="key=value override for every run (repeatable)")
   ap.add_argument("--out", default="", help="also write the table to this file")
   ap.add_argument("--progress", action="store_true", help="per-run progress bars")
+  ap.add_argument("--table_only", action="store_true",
+                  help="train nothing: the table of the runs already finished under --root")
   args = ap.parse_args(argv)
   if args.configs:
     paths = []
@@ -163,7 +170,13 @@ def main(argv=None) -> int:
   for i, path in enumerate(paths, 1):
     table_name, row = describe(path)
     print(f"[{i}/{len(paths)}] {os.path.relpath(path, ROOT)}" + (f":{arg}" if arg else ""), flush=True)
-    _, metrics, error = run_one(path, arg, args.steps, args.set, args.root, args.progress)
+    if args.table_only:
+      workdir = os.path.join(args.root, run_name(path, arg, args.steps))
+      done = os.path.exists(os.path.join(workdir, "metrics.json"))
+      _, metrics, error = (run_one(path, arg, args.steps, args.set, args.root, args.progress) if done
+                           else (workdir, None, f"not finished in {workdir}"))
+    else:
+      _, metrics, error = run_one(path, arg, args.steps, args.set, args.root, args.progress)
     rows.append(dict(table=table_name, row=row, full=os.path.basename(path) in FULL_MODELS,
                      config=os.path.relpath(path, ROOT) + (f":{arg}" if arg else ""), metrics=metrics, error=error))
   text = table(rows)
