@@ -88,19 +88,19 @@ def build_config(path: str, arg: str | None, steps: int | None, sets: list[str])
   return c
 
 
-def run_name(path: str, arg: str | None, steps: int | None) -> str:
-  return os.path.basename(path)[:-3] + (f"_{arg}" if arg else "") + (f"_{steps}" if steps else "")
-
-
-def run_one(path: str, arg: str | None, steps: int | None, sets: list[str], root: str, progress: bool):
-  """Trains one config (or finds it finished) -> (workdir, metrics dict or None, error or None)."""
+def run_one(path: str, arg: str | None, steps: int | None, sets: list[str], root: str, progress: bool,
+            train_missing: bool = True):
+  """Trains one config (or finds it finished) -> (workdir, metrics dict or None, error or None).
+  With ``train_missing=False`` an unfinished run is reported, not trained."""
   from sjedd_jax import train  # pylint: disable=g-import-not-at-top
-  name = run_name(path, arg, steps)
+  name = os.path.basename(path)[:-3] + (f"_{arg}" if arg else "") + (f"_{steps}" if steps else "")
   workdir = os.path.join(root, name)
   metrics_path = os.path.join(workdir, "metrics.json")
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       return workdir, json.load(f), None
+  if not train_missing:
+    return workdir, None, f"not finished in {workdir}"
   try:
     config = build_config(path, arg, steps, sets)
     t = time.time()
@@ -170,13 +170,8 @@ def main(argv=None) -> int:
   for i, path in enumerate(paths, 1):
     table_name, row = describe(path)
     print(f"[{i}/{len(paths)}] {os.path.relpath(path, ROOT)}" + (f":{arg}" if arg else ""), flush=True)
-    if args.table_only:
-      workdir = os.path.join(args.root, run_name(path, arg, args.steps))
-      done = os.path.exists(os.path.join(workdir, "metrics.json"))
-      _, metrics, error = (run_one(path, arg, args.steps, args.set, args.root, args.progress) if done
-                           else (workdir, None, f"not finished in {workdir}"))
-    else:
-      _, metrics, error = run_one(path, arg, args.steps, args.set, args.root, args.progress)
+    _, metrics, error = run_one(path, arg, args.steps, args.set, args.root, args.progress,
+                                train_missing=not args.table_only)
     rows.append(dict(table=table_name, row=row, full=os.path.basename(path) in FULL_MODELS,
                      config=os.path.relpath(path, ROOT) + (f":{arg}" if arg else ""), metrics=metrics, error=error))
   text = table(rows)
