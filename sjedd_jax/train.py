@@ -159,7 +159,8 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
     if profile and profile[0] <= step < profile[1] and not tracing:  # also when resuming inside the window
       jax.profiler.start_trace(os.path.join(workdir, "profile"))
       tracing = True
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+    # An implicit device-to-host copy here would stall the loop on the device every step: refuse it.
+    with jax.profiler.StepTraceAnnotation("train", step_num=step), jax.transfer_guard_device_to_host("disallow"):
       train_b, val_b = next(train_it), next(val_it)
       state, metrics = compiled_for(step)(state, ts.global_batch(train_b, mesh), ts.global_batch(val_b, mesh))
     n_log += 1

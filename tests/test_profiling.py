@@ -42,10 +42,11 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def profiled_run(cache, tmp_path_factory):
   from sjedd_jax import train  # pylint: disable=g-import-not-at-top
-  config = tiny_config(cache, profile_steps="1,3")
+  # Steps 1-5 traced; the metrics of steps 0-2 are logged (fetched to the host) after step 2.
+  config = tiny_config(cache, profile_steps="1,6", log_every=3, total_steps=8)
   workdir = tmp_path_factory.mktemp("profiled") / "run"
-  out = train.run(config, str(workdir), progress=False, stop_after=3)
-  assert out["stopped_at"] == 3
+  out = train.run(config, str(workdir), progress=False, stop_after=6)
+  assert out["stopped_at"] == 6
   return config, workdir, out["params"]
 
 
@@ -62,8 +63,25 @@ def test_profile_steps_write_a_trace(profiled_run):
     with gzip.open(json_traces[0]) as f:
       events = json.load(f)["traceEvents"]
     steps = {e["args"]["step_num"] for e in events if e.get("name") == "train" and "args" in e}
-    assert steps == {"1", "2"}  # StepTraceAnnotation of exactly the profiled steps [1, 3)
+    assert steps == {"1", "2", "3", "4", "5"}  # StepTraceAnnotation of exactly the profiled steps [1, 6)
     assert any(e.get("name") == "PjitFunction(train_step)" for e in events)
+
+
+def test_the_only_host_sync_in_the_loop_is_metric_logging(profiled_run):
+  """In the trace, each step dispatches one program, and the host waits for the device only to log."""
+  from sjedd_jax import trace_report  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = profiled_run
+  report = trace_report.load(str(workdir / "profile"))
+  assert [s.step for s in report.steps] == [1, 2, 3, 4, 5]
+  assert all(s.dispatches == ["train_step"] for s in report.steps), report.table()
+  assert report.synced_after == [2], report.table()  # log_every=3: after step 2, and nowhere else
+  assert trace_report.main([str(workdir / "profile")]) == 0
+
+
+def test_trace_report_errors(tmp_path, capsys):
+  from sjedd_jax import trace_report  # pylint: disable=g-import-not-at-top
+  assert trace_report.main([str(tmp_path)]) == 2
+  assert "no *.trace.json.gz under" in capsys.readouterr().err
 
 
 def test_bad_profile_steps_are_rejected(cache, tmp_path):
