@@ -3,6 +3,7 @@ r"""The authors' PyTorch training step, restated, timed on this machine.
 
   python scripts/benchmark_torch_release.py --preset ViT-B/32 --batch_size 8 --steps 3 --warmup 1
   python scripts/benchmark_torch_release.py --preset tiny --batch_size 8 --steps 5
+  python scripts/benchmark_torch_release.py --preset ViT-B/32 --batch_size 32 --steps 10 --device cuda
 
 Source: github.com/strongerwill/SJEDD, ``SJEDD_train_FFpp.py``
 (``train_one_epoch_mul_fidelity``, ``do_batch3_relative_similarity``),
@@ -23,9 +24,13 @@ with the README's training command (``--task binary --autol_init 1.0
 
 The CLIP is transformers' ``CLIPModel`` (QuickGELU, OpenAI shapes) with random
 weights in place of the release's ``clip.load`` (same architecture and FLOPs);
-its logit_scale cancels in the release (``exp/exp``) and is left out. The
-release's ``amp.autocast`` is CUDA-only: on CPU everything is float32, the
-marginals float64 as in the release. Used by tests/test_release_step_parity.py
+its logit_scale cancels in the release (``exp/exp``) and is left out. Everything
+runs in float32 (the marginals in float64, as in the release), on the CPU or
+with ``--device cuda`` on a GPU; the release's fp16 ``amp.autocast`` is not
+restated, so the GPU row is the float32 step (``--tf32`` lets float32 matrix
+products use TF32; for a strict float32 JAX side, set
+``JAX_DEFAULT_MATMUL_PRECISION=highest``). Timed steps end with
+``torch.cuda.synchronize()`` on a GPU. Used by tests/test_release_step_parity.py
 (``ReleaseStep``, ``hf_config``).
 """
 
@@ -94,8 +99,8 @@ class ReleaseCriterion:
     self.esp = esp
 
   def marginals(self, f):
-    p_margin = torch.zeros((f.shape[0], f.shape[1]))
-    s = self.legal_state
+    p_margin = torch.zeros((f.shape[0], f.shape[1]), device=f.device)
+    s = self.legal_state.to(f.device)
     potential = torch.mm(s.double(), f.T.double())
     max_sf, _ = torch.max(potential, dim=0)
     j = torch.exp(potential - max_sf)
@@ -124,7 +129,7 @@ def trainable(model) -> list[torch.nn.Parameter]:
 
 
 class ReleaseStep:
-  """The release's training step (``AutoLambda_SO`` + the model step), on CPU."""
+  """The release's training step (``AutoLambda_SO`` + the model step), on the model's device."""
 
   def __init__(self, model, *, lr=6e-7, weight_decay=1e-3, lam_init=1.0, lam_lr=1e-3, legal_states=None,
                template_ids=None, primary=(1.0, 0.0, 0.0)):
@@ -133,12 +138,13 @@ class ReleaseStep:
     self.lr = lr
     self.params, self.params_ = trainable(model), trainable(self.model_)
     self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-    self.meta_weights = torch.tensor([lam_init] * 3, requires_grad=True)
+    self.device = next(model.parameters()).device
+    self.meta_weights = torch.tensor([lam_init] * 3, requires_grad=True, device=self.device)
     self.meta_optimizer = torch.optim.Adam([self.meta_weights], lr=lam_lr)
     states = hierarchy_lib.ffpp().legal_states if legal_states is None else legal_states
     self.criterion = ReleaseCriterion(states)
     ids = templates.template_ids("release") if template_ids is None else template_ids
-    ids = torch.as_tensor(np.asarray(ids), dtype=torch.int64)
+    ids = torch.as_tensor(np.asarray(ids), dtype=torch.int64, device=self.device)
     self.joint_texts = [ids[s] for s in LEVEL_SLICES]
     self.pri_weights = list(primary)
     self.timings: dict[str, float] = {}
@@ -148,6 +154,8 @@ class ReleaseStep:
     return losses, pm
 
   def _tick(self, name, t0):
+    if self.device.type == "cuda":
+      torch.cuda.synchronize(self.device)
     now = time.perf_counter()
     self.timings[name] = self.timings.get(name, 0.0) + now - t0
     return now
@@ -210,9 +218,9 @@ class ReleaseStep:
     loss.backward()
     self.optimizer.step()
     self._tick("5 final step", t0)
-    return {"task_losses": np.array([float(l.detach()) for l in losses]), "hypergradient": hyper.numpy(),
-            "lambda": self.meta_weights.detach().numpy().copy(), "val_primary_loss": val_loss,
-            "marginals": pm.detach().numpy()}
+    return {"task_losses": np.array([float(l.detach()) for l in losses]), "hypergradient": hyper.cpu().numpy(),
+            "lambda": self.meta_weights.detach().cpu().numpy().copy(), "val_primary_loss": val_loss,
+            "marginals": pm.detach().cpu().numpy()}
 
 
 def random_batch(rng, batch, size):
@@ -232,26 +240,34 @@ def main(argv=None):
   p.add_argument("--lr", type=float, default=6e-7)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+  p.add_argument("--tf32", action="store_true", help="allow TF32 in float32 matrix products on a GPU")
   args = p.parse_args(argv)
+  device = torch.device(args.device)
+  if device.type == "cuda" and not torch.cuda.is_available():
+    p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
   if args.threads:
     torch.set_num_threads(args.threads)
   torch.manual_seed(args.seed)
   cfg = clip_lib.get_config(args.preset)
-  model = transformers.CLIPModel(hf_config(cfg)).eval()
+  model = transformers.CLIPModel(hf_config(cfg)).eval().to(device)
   step = ReleaseStep(model, lr=args.lr)
   rng = np.random.default_rng(args.seed)
-  (x, y), (vx, vy) = (random_batch(rng, args.batch_size, cfg.image_size) for _ in range(2))
+  (x, y), (vx, vy) = ((t.to(device) for t in random_batch(rng, args.batch_size, cfg.image_size)) for _ in range(2))
   for _ in range(args.warmup):
     step.step(x, y, vx, vy)
   step.timings.clear()
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
-    out = step.step(x, y, vx, vy)
+    out = step.step(x, y, vx, vy)  # ends with a host read of the losses (and a synchronize on a GPU)
     times.append(time.perf_counter() - t0)
   med = statistics.median(times)
+  where = (f"{torch.cuda.get_device_name(device)}, peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+           f", TF32 {'on' if args.tf32 else 'off'}" if device.type == "cuda" else f"{torch.get_num_threads()} threads")
   print(f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}. "
+        f"torch {torch.__version__} ({where}), transformers {transformers.__version__}. "
         f"Load average at end: {os.getloadavg()[0]:.2f}.")
   print(f"```\npython {' '.join(sys.argv)}\n```")
   print("| implementation | CLIP | batch | ms/step (median [min-max]) | steps/s | images/s |")
