@@ -57,8 +57,9 @@ fi
 log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no nvidia-smi)"
 python3 -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, jax.devices(), '| flax', flax.__version__, '| torch', torch.__version__, 'cuda', torch.cuda.is_available(), '| transformers', transformers.__version__)" 2>&1 | tee -a "$OUT/log.txt"
 
-bench() {  # name timeout args...
+bench() {  # name timeout args...: scripts/benchmark.py on configs/ffpp.py at $PRESET
   local name=$1 t=$2; shift 2
+  set -- --config configs/ffpp.py --preset "$PRESET" "$@"
   (( $(left) < t )) && t=$(left)
   (( t < 30 )) && { log "$name: skipped, $(left) s left"; return 1; }
   log "$name (limit ${t} s): python scripts/benchmark.py $*"
@@ -71,7 +72,7 @@ bench() {  # name timeout args...
 
 # In order of what the issue needs most, each part as far as the deadline allows.
 # 1. The target: fused vs naive at batch 32, same precision (float32).
-bench "f32_b${B}" "$T" --config configs/ffpp.py --preset "$PRESET" --batch_size "$B" --modes fused,naive \
+bench "f32_b${B}" "$T" --batch_size "$B" --modes fused,naive \
   --steps "$STEPS" --warmup "$WARM" --nopipeline
 
 # 2. The authors' PyTorch step on the same GPU, float32 (TF32 off, then on).
@@ -89,22 +90,22 @@ torch_release() {  # suffix flags...
 torch_release ""
 
 # 3. bf16 at a large batch, fused only: MFU and memory.
+bf16_fused() {  # batch
+  bench "bf16_fused_b$1" "$T" --batch_size "$1" --config.model.dtype=bfloat16 --modes fused --steps 5 --warmup 1 \
+    --nopipeline --noflop_check
+}
 set -- $BIG
-bench "bf16_fused_b$1" "$T" --config configs/ffpp.py --preset "$PRESET" --batch_size "$1" \
-  --config.model.dtype=bfloat16 --modes fused --steps 5 --warmup 1 --nopipeline --noflop_check
+bf16_fused "$1"
 big_ok=$?
 
 # 4. bf16 fused vs naive at batch 32.
-bench "bf16_b${B}" "$T" --config configs/ffpp.py --preset "$PRESET" --batch_size "$B" --config.model.dtype=bfloat16 \
-  --modes fused,naive --steps "$STEPS" --warmup "$WARM" --nopipeline --noflop_check
+bench "bf16_b${B}" "$T" --batch_size "$B" --config.model.dtype=bfloat16 --modes fused,naive --steps "$STEPS" --warmup "$WARM" --nopipeline --noflop_check
 
 # 5. Larger bf16 batches until one fails (the largest that fits), then the PyTorch step with TF32.
 if (( big_ok == 0 )); then
   shift
   for b in "$@"; do
-    bench "bf16_fused_b${b}" "$T" --config configs/ffpp.py --preset "$PRESET" --batch_size "$b" \
-      --config.model.dtype=bfloat16 --modes fused --steps 5 --warmup 1 --nopipeline --noflop_check \
-      || { log "batch $b did not finish (its output is in report.md): the sweep stops"; break; }
+    bf16_fused "$b" || { log "batch $b did not finish (its output is in report.md): the sweep stops"; break; }
   done
 fi
 torch_release _tf32 --tf32
