@@ -25,6 +25,9 @@ differs. Modes (``--modes``, comma separated):
              tokens) inside the fused program
   naive      the release's work as it runs it: per-level passes at 77 tokens,
              five separately compiled passes, no reuse (``naive_step``)
+  scan       as fused, each tower's residual blocks as one ``jax.lax.scan``
+             (``CLIPConfig.scan_layers``; faster on XLA:CPU)
+  naive_scan as naive, with ``scan_layers``
 
 Reported per mode: steps/s and images/s (median step time and min-max spread
 over ``--steps`` timed steps after ``--warmup``), compile time, FLOPs per step
@@ -113,6 +116,9 @@ MODES = {
     "full_vocab": ({"model.compact_vocab": False}, "fused", "as fused, the whole 49408-row token table"),
     "naive": ({"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False}, "naive",
               "release's work: 3 CLIP passes/loss, 77 tok, 5 separate programs"),
+    "scan": ({"model.clip_overrides.scan_layers": True}, "fused", "as fused, the residual blocks as one lax.scan"),
+    "naive_scan": ({"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False,
+                    "model.clip_overrides.scan_layers": True}, "naive", "as naive, the residual blocks as one lax.scan"),
 }
 
 

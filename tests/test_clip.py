@@ -224,3 +224,24 @@ def test_vit_b32_shapes_are_inferred():
   sd = {o: params_lib._backward(np.broadcast_to(np.float32(0), shapes[p]), t)
         for o, p, t in params_lib.key_table(cfg)}
   assert params_lib.config_from_openai(sd) == cfg
+
+
+def test_scan_layers_same_outputs_and_gradients():
+  """scan_layers=True runs the same blocks with the same parameters as the unrolled loop."""
+  cfgs = [clip_lib.get_config("tiny", scan_layers=s) for s in (False, True)]
+  models = [clip_lib.CLIP(c, rngs=nnx.Rngs(0)) for c in cfgs]
+  graphdefs, states = zip(*(nnx.split(m) for m in models))
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(2, cfgs[0].image_size, cfgs[0].image_size, 3)), jnp.float32)
+  ids = jnp.asarray(rng.integers(1, cfgs[0].vocab_size, size=(3, 9)), jnp.int32)
+
+  def loss(state, graphdef):
+    m = nnx.merge(graphdef, state)
+    return jnp.sum(m.encode_image(images) ** 2) + jnp.sum(m.encode_text(ids) ** 2)
+
+  (l0, g0), (l1, g1) = (jax.value_and_grad(loss)(states[0], gd) for gd in graphdefs)
+  np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    a, b = np.asarray(a), np.asarray(b)  # float32 reassociation only: 1e-3 of each leaf's scale
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3 * np.abs(a).max())

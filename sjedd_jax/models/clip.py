@@ -55,6 +55,8 @@ class CLIPConfig:
   ``dtype`` is the compute dtype ("float32" or "bfloat16"); parameters stay float32.
   ``attention_impl`` is passed to ``jax.nn.dot_product_attention`` (None/"xla", or
   "cudnn" on NVIDIA GPUs with bf16).
+  ``scan_layers`` runs the residual blocks as one ``jax.lax.scan`` (same parameters and
+  outputs; faster on XLA:CPU, see docs/performance.md).
   """
 
   embed_dim: int = 512
@@ -74,6 +76,7 @@ class CLIPConfig:
   act: str = "quick_gelu"
   dtype: str = "float32"
   attention_impl: str | None = None
+  scan_layers: bool = False
 
   def __post_init__(self):
     if self.image_size % self.patch_size:
@@ -207,10 +210,23 @@ class ResidualBlock(nnx.Module):
 
 class Transformer(nnx.Module):
   def __init__(self, width, layers, heads, mlp_dim, cfg: CLIPConfig, *, rngs: nnx.Rngs):
+    self.scan_layers = cfg.scan_layers
     self.blocks = nnx.List([ResidualBlock(width, heads, mlp_dim, layers, cfg, rngs=rngs)
                             for _ in range(layers)])
 
   def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
+    if self.scan_layers:
+      # One lax.scan over the blocks (their parameters stacked on the fly): the backward of a
+      # loop materialises each layer's cotangent. Unrolled, XLA:CPU fuses the residual
+      # stream's layer-norm backward chain into every layer's transpose copy and recomputes it
+      # (quadratic in depth): 36 % of the ViT-B/32 batch-32 step (docs/performance.md).
+      graphdef, _ = nnx.split(self.blocks[0])
+      stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in self.blocks])
+
+      def body(h, st):
+        return nnx.merge(graphdef, st)(h, causal), None
+
+      return jax.lax.scan(body, x, stacked)[0]
     for block in self.blocks:
       x = block(x, causal)
     return x
