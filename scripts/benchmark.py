@@ -100,6 +100,8 @@ KNOWN_PEAKS = {
     "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
 }
 
+_NAIVE = {"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False}
+_SCAN = {"model.clip_overrides.scan_layers": True}
 MODES = {
     # name: (config overrides, step kind, description)
     "fused": ({}, "fused", "one program, 1 tower pass/loss, 17 tok, FD, reused linearisation"),
@@ -114,11 +116,9 @@ MODES = {
     "held": ({}, "held", "as fused, a step that holds lambda (update_every > 1, its own program)"),
     "cond_held": ({}, "cond_held", "as held, but the held branch of one lax.cond program"),
     "full_vocab": ({"model.compact_vocab": False}, "fused", "as fused, the whole 49408-row token table"),
-    "naive": ({"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False}, "naive",
-              "release's work: 3 CLIP passes/loss, 77 tok, 5 separate programs"),
-    "scan": ({"model.clip_overrides.scan_layers": True}, "fused", "as fused, the residual blocks as one lax.scan"),
-    "naive_scan": ({"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False,
-                    "model.clip_overrides.scan_layers": True}, "naive", "as naive, the residual blocks as one lax.scan"),
+    "naive": (_NAIVE, "naive", "release's work: 3 CLIP passes/loss, 77 tok, 5 separate programs"),
+    "scan": (_SCAN, "fused", "as fused, the residual blocks as one lax.scan"),
+    "naive_scan": ({**_NAIVE, **_SCAN}, "naive", "as naive, the residual blocks as one lax.scan"),
 }
 
 
