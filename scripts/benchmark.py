@@ -26,12 +26,16 @@ differs. Modes (``--modes``, comma separated):
   naive      the release's work as it runs it: per-level passes at 77 tokens,
              five separately compiled passes, no reuse (``naive_step``)
   scan       as fused, each tower's residual blocks as one ``jax.lax.scan``
-             (``CLIPConfig.scan_layers``; faster on XLA:CPU)
-  naive_scan as naive, with ``scan_layers``
+             (``model.scan_layers``, the default: the same as fused unless a
+             config turns it off)
+  unrolled   as fused, the residual blocks unrolled (``model.scan_layers=False``)
+  naive_scan as naive, with ``scan_layers`` (naive itself runs them unrolled, as
+             the release does)
 
 Reported per mode: steps/s and images/s (median step time and min-max spread
 over ``--steps`` timed steps after ``--warmup``), compile time, FLOPs per step
-from XLA's cost analysis (summed over the naive mode's programs), model-FLOPs
+from XLA's cost analysis (summed over the naive mode's programs; for scan_layers
+modes, of the same step unrolled, since XLA counts a loop body once), model-FLOPs
 utilisation against ``--peak_tflops`` (or a table of known peaks), XLA's memory
 analysis (peak bytes of the program) and the process's peak RSS (CPU) or the
 device's peak bytes in use (GPU); then the input pipeline alone (images/s) and
@@ -56,6 +60,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__" and "--nohuge_pages" not in sys.argv:  # see sjedd_jax/hostenv.py
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  hostenv.reexec_with_huge_pages()
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
@@ -90,6 +98,8 @@ _PIPELINE_DATA = flags.DEFINE_string("pipeline_data", None, "Dataset directory f
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 8, "Timed input-pipeline batches.")
 _FLOP_CHECK = flags.DEFINE_bool("flop_check", True, "Compare XLA's tower FLOPs with the hand count.")
 _OUT = flags.DEFINE_string("out", None, "Also write the Markdown report here.")
+flags.DEFINE_bool("huge_pages", True, "Re-run this command with glibc.malloc.hugetlb=1 (sjedd_jax/hostenv.py); "
+                  "--nohuge_pages keeps glibc's default.")
 
 # Dense peak TFLOP/s per device, by a substring of jax's device_kind, per compute dtype.
 KNOWN_PEAKS = {
@@ -100,8 +110,9 @@ KNOWN_PEAKS = {
     "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
 }
 
-_NAIVE = {"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False}
-_SCAN = {"model.clip_overrides.scan_layers": True}
+_NAIVE = {"model.per_level_passes": True, "model.text_context": 77, "model.compact_vocab": False,
+          "model.scan_layers": False}
+_SCAN = {"model.scan_layers": True}
 MODES = {
     # name: (config overrides, step kind, description)
     "fused": ({}, "fused", "one program, 1 tower pass/loss, 17 tok, FD, reused linearisation"),
@@ -118,6 +129,7 @@ MODES = {
     "full_vocab": ({"model.compact_vocab": False}, "fused", "as fused, the whole 49408-row token table"),
     "naive": (_NAIVE, "naive", "release's work: 3 CLIP passes/loss, 77 tok, 5 separate programs"),
     "scan": (_SCAN, "fused", "as fused, the residual blocks as one lax.scan"),
+    "unrolled": ({"model.scan_layers": False}, "fused", "as fused, the residual blocks unrolled"),
     "naive_scan": ({**_NAIVE, **_SCAN}, "naive", "as naive, the residual blocks as one lax.scan"),
 }
 
@@ -153,6 +165,11 @@ def _device_peak_gib() -> float | None:
   if not stats or "peak_bytes_in_use" not in stats:
     return None
   return stats["peak_bytes_in_use"] / 2 ** 30
+
+
+def _huge_pages_state() -> str:
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  return "on" if hostenv.TUNABLE in os.environ.get("GLIBC_TUNABLES", "") else "off"
 
 
 def peak_tflops(dtype: str) -> float | None:
@@ -251,6 +268,21 @@ def compile_mode(step, state, tb, vb, kind: str):
   return step, time.perf_counter() - t0, flops, mem or None
 
 
+def lowered_flops(step, state, tb, vb, kind: str) -> float:
+  """FLOPs per step from XLA's cost analysis of the lowered (not yet optimised) program(s)."""
+  if kind != "naive":
+    return _cost(step.lower(state, tb, vb)).get("flops", float("nan"))
+  return sum(step.calls[name] * _cost(step.programs[name].lower(*args)).get("flops", float("nan"))
+             for name, args in step.example_args(state, tb, vb).items())
+
+
+def unrolled_flops(c: ml_collections.ConfigDict, kind: str) -> float:
+  """A scan_layers mode's real FLOPs: XLA's cost analysis counts a loop body once, so the
+  count comes from the same step with the blocks unrolled (lowered, not compiled)."""
+  step, state, tb, vb = build_step(apply_overrides(c, {"model.scan_layers": False}), kind)
+  return lowered_flops(step, state, tb, vb, kind)
+
+
 class Mode:
   """One compiled mode, its state and batches; ``time(n)`` appends n synchronised step times."""
 
@@ -260,6 +292,8 @@ class Mode:
     step, self.state, self.tb, self.vb = build_step(self.c, self.kind)
     self.step, self.compile_s, self.flops, self.xla_mem = compile_mode(step, self.state, self.tb, self.vb,
                                                                       self.kind)
+    if self.c.model.get("scan_layers"):
+      self.flops = unrolled_flops(self.c, self.kind)
     self.times, self.metrics, self.loads = [], None, []
     for _ in range(_WARMUP.value):
       self.state, self.metrics = self.step(self.state, self.tb, self.vb)
@@ -284,7 +318,8 @@ class Mode:
                mfu=(self.flops / med / 1e12 / peak) if peak else None,
                xla_mem_gib=(self.xla_mem / 2 ** 30) if self.xla_mem else None, rss_gib=self.rss_gib,
                device_peak_gib=self.device_peak_gib, loss=float(m["loss/primary"]),
-               hyper=np.asarray(m["hypergradient"]).tolist(), load=statistics.mean(self.loads))
+               hyper=np.asarray(m["hypergradient"]).tolist(), load=statistics.mean(self.loads),
+               scan=bool(c.model.get("scan_layers")))
     print(f"  {self.name}: {med * 1e3:.1f} ms/step (min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f}, "
           f"n={len(times)}), compile {self.compile_s:.1f} s, {self.flops / 1e9:.1f} GFLOP/step, "
           f"load {res['load']:.2f}", flush=True)
@@ -370,7 +405,7 @@ def report(c, results, argv, pipe, flop_rows) -> str:
   lines = [
       f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()} {dev.platform} "
       f"({dev.device_kind}, {jax.device_count()} device(s), {os.cpu_count()} CPU cores), "
-      f"jax {jax.__version__}. Load average (1 min) during the runs: "
+      f"jax {jax.__version__}, malloc huge pages {_huge_pages_state()}. Load average (1 min) during the runs: "
       f"{min(r['load'] for r in results):.2f}-{max(r['load'] for r in results):.2f}.",
       f"Config: CLIP {c.model.clip}, batch {c.batch_size}, {c.data.image_size} px, "
       f"lr {c.optim.lr}, {_ROUNDS.value} round(s) x {_STEPS.value} timed steps per mode after "
@@ -391,6 +426,11 @@ def report(c, results, argv, pipe, flop_rows) -> str:
         f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | "
         f"{_fmt(r['xla_mem_gib'], '.2f')} | {mem:.2f} | {r['load']:.1f} |")
   lines.append("")
+  if any(r["scan"] for r in results):
+    lines.append("GFLOP/step of the modes with `model.scan_layers` (the default): XLA's cost analysis counts a "
+                 "loop body once, so their count is that of the same step with the blocks unrolled, lowered "
+                 "but not optimised.")
+    lines.append("")
   lines.append("Primary loss after each mode's last step (same weights, batches and number of steps in "
                "every mode): " + "; ".join(f"{r['mode']} {r['loss']:.5f}" for r in results) +
                ". (Equality of losses and hypergradients across modes is tested in tests/test_naive_step.py.)")

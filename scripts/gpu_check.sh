@@ -71,8 +71,9 @@ bench() {  # name timeout args...: scripts/benchmark.py on configs/ffpp.py at $P
 }
 
 # In order of what the issue needs most, each part as far as the deadline allows.
-# 1. The target: fused vs naive at batch 32, same precision (float32).
-bench "f32_b${B}" "$T" --batch_size "$B" --modes fused,naive \
+# 1. The target: fused vs naive at batch 32, same precision (float32); fused runs the stacked
+#    scan_layers blocks (the default), unrolled the same step with them unrolled.
+bench "f32_b${B}" "$T" --batch_size "$B" --modes fused,unrolled,naive \
   --steps "$STEPS" --warmup "$WARM" --nopipeline
 
 # 2. The authors' PyTorch step on the same GPU, float32 (TF32 off, then on).

@@ -279,12 +279,12 @@ def _model(config, hierarchy):
     path = os.path.expanduser(m.pretrained)
     if not os.path.exists(path):
       raise ConfigError(f"config.model.pretrained={m.pretrained!r} does not exist. {_WEIGHTS_HELP}")
-    return sjedd.from_pretrained(path, dtype=m.dtype, **opts)
+    return sjedd.from_pretrained(path, dtype=m.dtype, scan_layers=m.get("scan_layers"), **opts)
   clip = m.clip
   if m.get("clip_overrides"):
     from sjedd_jax.models import clip as clip_lib  # pylint: disable=g-import-not-at-top
     clip = clip_lib.get_config(m.clip, **dict(m.clip_overrides))
-  return sjedd.build(clip, dtype=m.dtype, rngs=nnx.Rngs(config.seed), **opts)
+  return sjedd.build(clip, dtype=m.dtype, scan_layers=m.get("scan_layers"), rngs=nnx.Rngs(config.seed), **opts)
 
 
 def split_model(model_, config=None) -> SplitModel:

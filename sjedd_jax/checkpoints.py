@@ -266,7 +266,7 @@ def _load_own(path: str, overrides: dict[str, Any]) -> CLIP:
 
 def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
                     vision_heads: int | None = None, text_heads: int | None = None,
-                    attention_impl: str | None = None) -> Pretrained:
+                    attention_impl: str | None = None, scan_layers: bool | None = None) -> Pretrained:
   """Loads a CLIP checkpoint of any supported kind; returns ``(model, tokenizer)``.
 
   Args:
@@ -275,6 +275,8 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
     vision_heads, text_heads: head counts for OpenAI-format dicts whose widths are
       not multiples of 64 (OpenAI's rule is width // 64). HF configs carry their own.
     attention_impl: "cudnn" to use cuDNN attention on NVIDIA GPUs (bf16).
+    scan_layers: run the residual blocks as one ``lax.scan`` (True) or unrolled (False);
+      None keeps ``CLIPConfig``'s default (our own format: the saved value).
 
   Returns:
     ``Pretrained(model, tokenizer)``; ``tokenizer`` is a ``ClipTokenizer`` when the
@@ -282,7 +284,7 @@ def load_pretrained(path: str | os.PathLike, *, dtype: str | None = None,
   """
   path = os.fspath(path)
   overrides = dict(dtype=dtype, vision_heads=vision_heads, text_heads=text_heads,
-                   attention_impl=attention_impl)
+                   attention_impl=attention_impl, scan_layers=scan_layers)
   tokenizer = None
   if os.path.isdir(path):
     if os.path.exists(os.path.join(path, OWN_CONFIG)):

@@ -52,6 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.templates = "release"          # "release" or "keyword"
   c.model.text_context = 0               # 0: longest template (17); 77: full context
   c.model.dtype = "float32"              # compute dtype; "bfloat16" for speed
+  c.model.scan_layers = True             # residual blocks as one lax.scan (False: unrolled; docs/performance.md)
   c.model.compact_vocab = False          # True: keep only the templates' token-embedding rows (same outputs)
 
   c.hierarchy = "ffpp"                   # name, JSON path or dict

@@ -10,6 +10,10 @@ metrics are printed and written to ``DIR/metrics.json``.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before jax allocates anything: huge pages for XLA:CPU's buffers
+  from sjedd_jax import hostenv
+  hostenv.reexec_with_huge_pages()
+
 import json
 import logging as pylogging
 import os

@@ -230,8 +230,15 @@ def test_scan_layers_same_outputs_and_gradients():
   """scan_layers=True runs the same blocks with the same parameters as the unrolled loop."""
   cfgs = [clip_lib.get_config("tiny", scan_layers=s) for s in (False, True)]
   models = [clip_lib.CLIP(c, rngs=nnx.Rngs(0)) for c in cfgs]
+  # Stacked on a leading layer axis, initialised with the unrolled blocks' values; one key per
+  # layer in the flat (checkpoint) view.
+  assert models[1].vision.transformer.blocks.attn.qkv.kernel.shape == (
+      cfgs[1].vision_layers, cfgs[1].vision_width, 3 * cfgs[1].vision_width)
+  flat = [params_lib.flatten(m) for m in models]
+  assert flat[0].keys() == flat[1].keys()
+  for k in flat[0]:
+    np.testing.assert_array_equal(flat[1][k], flat[0][k], err_msg=k)
   graphdefs, states = zip(*(nnx.split(m) for m in models))
-  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(size=(2, cfgs[0].image_size, cfgs[0].image_size, 3)), jnp.float32)
   ids = jnp.asarray(rng.integers(1, cfgs[0].vocab_size, size=(3, 9)), jnp.int32)
@@ -240,8 +247,28 @@ def test_scan_layers_same_outputs_and_gradients():
     m = nnx.merge(graphdef, state)
     return jnp.sum(m.encode_image(images) ** 2) + jnp.sum(m.encode_text(ids) ** 2)
 
-  (l0, g0), (l1, g1) = (jax.value_and_grad(loss)(states[0], gd) for gd in graphdefs)
+  (l0, g0), (l1, g1) = (jax.value_and_grad(loss)(st, gd) for st, gd in zip(states, graphdefs))
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    a, b = np.asarray(a), np.asarray(b)  # float32 reassociation only: 1e-3 of each leaf's scale
-    np.testing.assert_allclose(b, a, rtol=0, atol=1e-3 * np.abs(a).max())
+  g0, g1 = (params_lib.flatten(nnx.merge(gd, g)) for gd, g in zip(graphdefs, (g0, g1)))
+  assert g0.keys() == g1.keys()
+  for k in g0:  # float32 reassociation only: 1e-3 of each leaf's scale
+    np.testing.assert_allclose(g1[k], g0[k], rtol=0, atol=1e-3 * np.abs(g0[k]).max(), err_msg=k)
+
+
+def test_scan_layers_checkpoint_round_trip(tmp_path):
+  """A scan_layers model saves one key per layer and loads into either layout."""
+  m = clip_lib.CLIP(clip_lib.get_config("test", scan_layers=True), rngs=nnx.Rngs(1))
+  checkpoints.save_pretrained(m, tmp_path / "ckpt")
+  ref = params_lib.flatten(m)
+  assert "vision.transformer.blocks.1.mlp.c_fc.kernel" in ref
+  for scan in (True, False):
+    loaded, _ = checkpoints.load_pretrained(tmp_path / "ckpt", scan_layers=scan)
+    assert loaded.config.scan_layers is scan
+    got = params_lib.flatten(loaded)
+    assert got.keys() == ref.keys()
+    for k in ref:
+      np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+  bad = dict(ref)
+  del bad["text.transformer.blocks.1.ln_2.bias"]
+  with pytest.raises(params_lib.CheckpointError, match=r"text\.transformer\.blocks\.1\.ln_2\.bias"):
+    params_lib.assign(nnx.eval_shape(lambda: clip_lib.CLIP(m.config, rngs=nnx.Rngs(0))), bad)

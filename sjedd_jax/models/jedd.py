@@ -469,9 +469,11 @@ def model_from_config(config, hierarchy: JEDDHierarchy) -> JEDD:
                       f"({m.pretrained}): placeholder ids are not CLIP's and would feed the pretrained text "
                       "tower meaningless tokens; use 'auto' or 'tokenizer' with a CLIP tokenizer")
     from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
-    clip, tok = load_pretrained(os.path.expanduser(m.pretrained), dtype=m.dtype)
+    clip, tok = load_pretrained(os.path.expanduser(m.pretrained), dtype=m.dtype, scan_layers=m.get("scan_layers"))
     return JEDD(clip, hierarchy, tokenizer=tokenizer or tok, **opts)
   cfg = clip_lib.get_config(m.clip, **dict(m.get("clip_overrides") or {}))
+  if m.get("scan_layers") is not None:
+    cfg = cfg.replace(scan_layers=bool(m.scan_layers))
   return build(cfg, hierarchy, dtype=m.dtype, rngs=nnx.Rngs(config.seed), tokenizer=tokenizer, **opts)
 
 

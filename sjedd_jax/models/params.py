@@ -330,16 +330,47 @@ def _path_str(path) -> str:
   return ".".join(str(p) for p in path)
 
 
+# Stacked block parameters of a ``scan_layers`` model: "<tower>.transformer.blocks.<name>"
+# with a leading layer axis (no layer index in the path).
+_STACKED = re.compile(r"^(.*\.)?(vision|text)\.transformer\.blocks\.(?!\d+\.)(.+)$")
+
+
+def _per_layer_key(key: str, layer: int) -> str:
+  m = _STACKED.match(key)
+  return f"{m.group(1) or ''}{m.group(2)}.transformer.blocks.{layer}.{m.group(3)}"
+
+
+def _variables(model) -> dict[str, Any]:
+  return {_path_str(path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+
+
 def flatten(model: CLIP) -> dict[str, np.ndarray]:
-  """The model's parameters as {"vision.conv1.kernel": np.ndarray, ...}."""
-  state = nnx.state(model, nnx.Param)
-  return {_path_str(path): np.asarray(var.get_value()) for path, var in nnx.to_flat_state(state)}
+  """The model's parameters as {"vision.conv1.kernel": np.ndarray, ...}.
+
+  One key per layer ("vision.transformer.blocks.0.ln_1.scale"), also for a
+  ``scan_layers`` model, whose stacked parameters are split here.
+  """
+  out = {}
+  for k, var in _variables(model).items():
+    value = np.asarray(var.get_value())
+    if _STACKED.match(k):
+      out.update({_per_layer_key(k, i): value[i] for i in range(value.shape[0])})
+    else:
+      out[k] = value
+  return out
 
 
 def flatten_shapes(model: CLIP) -> dict[str, tuple[int, ...]]:
-  """{"vision.conv1.kernel": shape, ...}; works on abstract (``nnx.eval_shape``) models too."""
-  state = nnx.state(model, nnx.Param)
-  return {_path_str(path): tuple(var.shape) for path, var in nnx.to_flat_state(state)}
+  """{"vision.conv1.kernel": shape, ...} with one key per layer, as ``flatten``; works on
+  abstract (``nnx.eval_shape``) models too."""
+  out = {}
+  for k, var in _variables(model).items():
+    shape = tuple(var.shape)
+    if _STACKED.match(k):
+      out.update({_per_layer_key(k, i): shape[1:] for i in range(shape[0])})
+    else:
+      out[k] = shape
+  return out
 
 
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,14 +398,15 @@ def unnest(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def assign(model: CLIP, flat: Mapping[str, Any], where: str = "checkpoint") -> CLIP:
-  """Writes flat params into ``model`` in place; checks names and shapes first."""
+  """Writes flat params (one key per layer, as ``flatten``) into ``model`` in place; checks
+  names and shapes first. A ``scan_layers`` model gets its layers stacked."""
   state = nnx.state(model, nnx.Param)
   variables = {_path_str(path): var for path, var in nnx.to_flat_state(state)}
-  missing = sorted(set(variables) - set(flat))
-  unexpected = sorted(set(flat) - set(variables))
-  bad = sorted(f"{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {tuple(variables[k].shape)}"
-               for k in set(flat) & set(variables)
-               if tuple(np.shape(flat[k])) != tuple(variables[k].shape))
+  shapes = flatten_shapes(model)
+  missing = sorted(set(shapes) - set(flat))
+  unexpected = sorted(set(flat) - set(shapes))
+  bad = sorted(f"{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {shapes[k]}"
+               for k in set(flat) & set(shapes) if tuple(np.shape(flat[k])) != shapes[k])
   if missing or unexpected or bad:
     raise CheckpointError(
         f"{where} does not match the model:"
@@ -382,6 +414,10 @@ def assign(model: CLIP, flat: Mapping[str, Any], where: str = "checkpoint") -> C
         + (f"\n  unexpected ({len(unexpected)}): {unexpected}" if unexpected else "")
         + (f"\n  shape mismatch ({len(bad)}): {bad}" if bad else ""))
   for k, var in variables.items():
-    var.set_value(jnp.asarray(np.asarray(flat[k]), dtype=var.get_value().dtype))
+    if _STACKED.match(k):
+      value = np.stack([np.asarray(flat[_per_layer_key(k, i)]) for i in range(var.shape[0])])
+    else:
+      value = np.asarray(flat[k])
+    var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
   nnx.update(model, state)
   return model

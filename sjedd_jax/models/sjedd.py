@@ -227,12 +227,13 @@ class SJEDD(nnx.Module):
 
 # ------------------------------------------------------------------ building
 def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", config: SJEDDConfig | None = None,
-          *, dtype: str | None = None, rngs: nnx.Rngs | None = None, tokenizer=None,
-          **options) -> SJEDD:
+          *, dtype: str | None = None, scan_layers: bool | None = None, rngs: nnx.Rngs | None = None,
+          tokenizer=None, **options) -> SJEDD:
   """An SJEDD with a freshly initialised CLIP (preset name or config) or a given one.
 
   ``options`` are ``SJEDDConfig`` fields, e.g. ``build("tiny", similarity="cosine")``.
-  ``dtype`` ("float32"/"bfloat16") is the compute dtype of a newly built CLIP.
+  ``dtype`` ("float32"/"bfloat16") is the compute dtype of a newly built CLIP, and
+  ``scan_layers`` (None: the config's) whether its blocks run as one ``lax.scan``.
   """
   rngs = rngs or nnx.Rngs(0)
   config = (config or SJEDDConfig()).replace(**options)
@@ -240,6 +241,8 @@ def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", config: 
     cfg = clip_lib.get_config(clip) if isinstance(clip, str) else clip
     if dtype:
       cfg = cfg.replace(dtype=dtype)
+    if scan_layers is not None:
+      cfg = cfg.replace(scan_layers=bool(scan_layers))
     clip = clip_lib.CLIP(cfg, rngs=rngs)
   elif dtype and dtype != clip.config.dtype:
     raise ValueError("dtype applies to a newly built CLIP; load the checkpoint with dtype=... instead")
@@ -247,10 +250,10 @@ def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", config: 
 
 
 def from_pretrained(path, config: SJEDDConfig | None = None, *, dtype: str | None = None,
-                    attention_impl: str | None = None, **options) -> SJEDD:
+                    attention_impl: str | None = None, scan_layers: bool | None = None, **options) -> SJEDD:
   """An SJEDD around any checkpoint ``load_pretrained`` reads (its tokenizer is used if present)."""
   from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
-  clip, tokenizer = load_pretrained(path, dtype=dtype, attention_impl=attention_impl)
+  clip, tokenizer = load_pretrained(path, dtype=dtype, attention_impl=attention_impl, scan_layers=scan_layers)
   return SJEDD(clip, (config or SJEDDConfig()).replace(**options), tokenizer=tokenizer)
 
 
