@@ -61,10 +61,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-if __name__ == "__main__" and "--nohuge_pages" not in sys.argv:  # see sjedd_jax/hostenv.py
-  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
-  hostenv.reexec_with_huge_pages()
-
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
@@ -73,7 +69,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sjedd_jax import builders, config as config_lib, labels, naive_step, train_step as ts
+from sjedd_jax import builders, config as config_lib, hostenv, labels, naive_step, train_step as ts
 from sjedd_jax.models import clip as clip_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (default: base config + --preset).",
@@ -98,7 +94,7 @@ _PIPELINE_DATA = flags.DEFINE_string("pipeline_data", None, "Dataset directory f
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 8, "Timed input-pipeline batches.")
 _FLOP_CHECK = flags.DEFINE_bool("flop_check", True, "Compare XLA's tower FLOPs with the hand count.")
 _OUT = flags.DEFINE_string("out", None, "Also write the Markdown report here.")
-flags.DEFINE_bool("huge_pages", True, "Re-run this command with glibc.malloc.hugetlb=1 (sjedd_jax/hostenv.py); "
+_HUGE_PAGES = flags.DEFINE_bool("huge_pages", True, "Re-run this command with glibc.malloc.hugetlb=1 (sjedd_jax/hostenv.py); "
                   "--nohuge_pages keeps glibc's default.")
 
 # Dense peak TFLOP/s per device, by a substring of jax's device_kind, per compute dtype.
@@ -165,11 +161,6 @@ def _device_peak_gib() -> float | None:
   if not stats or "peak_bytes_in_use" not in stats:
     return None
   return stats["peak_bytes_in_use"] / 2 ** 30
-
-
-def _huge_pages_state() -> str:
-  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
-  return "on" if hostenv.TUNABLE in os.environ.get("GLIBC_TUNABLES", "") else "off"
 
 
 def peak_tflops(dtype: str) -> float | None:
@@ -406,7 +397,7 @@ def report(c, results, argv, pipe, flop_rows) -> str:
   lines = [
       f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()} {dev.platform} "
       f"({dev.device_kind}, {jax.device_count()} device(s), {os.cpu_count()} CPU cores), "
-      f"jax {jax.__version__}, malloc huge pages {_huge_pages_state()}. Load average (1 min) during the runs: "
+      f"jax {jax.__version__}, malloc huge pages {'on' if hostenv.huge_pages_on() else 'off'}. Load average (1 min) during the runs: "
       f"{min(r['load'] for r in results):.2f}-{max(r['load'] for r in results):.2f}.",
       f"Config: CLIP {c.model.clip}, batch {c.batch_size}, {c.data.image_size} px, "
       f"lr {c.optim.lr}, {_ROUNDS.value} round(s) x {_STEPS.value} timed steps per mode after "
@@ -430,7 +421,7 @@ def report(c, results, argv, pipe, flop_rows) -> str:
   if any(r["scan"] for r in results):
     lines.append("GFLOP/step of the modes with `model.scan_layers` (the default): XLA's cost analysis counts a "
                  "loop body once, so their count is that of the same step with the blocks unrolled, lowered "
-                 "but not optimised.")
+                 "but not optimised. Building that unrolled twin can raise the RSS peak of these modes.")
     lines.append("")
   lines.append("Primary loss after each mode's last step (same weights, batches and number of steps in "
                "every mode): " + "; ".join(f"{r['mode']} {r['loss']:.5f}" for r in results) +
@@ -448,6 +439,8 @@ def report(c, results, argv, pipe, flop_rows) -> str:
 
 def main(argv):
   del argv
+  if _HUGE_PAGES.value:  # before anything runs: the command starts again with the tunable set
+    hostenv.reexec_with_huge_pages()
   c = base_config()
   print(f"benchmark: CLIP {c.model.clip}, batch {c.batch_size}, modes {_MODES.value}", flush=True)
   unknown = [m for m in _MODES.value if m not in MODES]

@@ -227,8 +227,8 @@ class Transformer(nnx.Module):
     if not self.scan_layers:
       self.blocks = nnx.List(blocks)
       return
-    graphdef, *states = (nnx.split(blocks[0])[0], *(nnx.state(b) for b in blocks))
-    self.blocks = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *states))
+    graphdef = nnx.graphdef(blocks[0])
+    self.blocks = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs), *map(nnx.state, blocks)))
 
   def __call__(self, x: jax.Array, causal: bool = False) -> jax.Array:
     if self.scan_layers:
