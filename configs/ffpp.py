@@ -12,7 +12,7 @@ from sjedd_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = config_lib.base_config("sjedd")
   c.data.kind = "manifest"
   c.data.dir = ""                 # the expanded FF++ (scripts/preprocess_ffpp.py + expand_dataset.py)
   c.data.image_size = 224

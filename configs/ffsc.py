@@ -5,8 +5,8 @@
         --config.model.pretrained=/weights/clip-vit-base-patch32
 
 The graph is data: a JSON file ``{"nodes": [...], "levels": {...}, "edges": {...}}``
-(see ``sjedd_jax.hierarchy.LabelHierarchy.from_json``). The manifest in
-``data.dir`` carries explicit ``y``/``mask`` vectors over those nodes (N/A = mask 0),
+(see ``sjedd_jax.detectors.sjedd.hierarchy.LabelHierarchy.from_json``). The manifest in
+``data.dir`` carries explicit ``y``/``observed`` vectors over those nodes (N/A = observed 0),
 and templates must be given as strings (one per node, in node order; they are
 tokenised with the tokenizer stored beside the pretrained CLIP).
 """
@@ -15,7 +15,7 @@ from sjedd_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = config_lib.base_config("sjedd")
   c.data.kind = "manifest"
   c.data.dir = ""
   c.hierarchy = ""                # path to the graph JSON (required)

@@ -13,7 +13,7 @@ P = sigmoid(s - sbar) per node (Eq. 1-2, no temperature: cosine_tau 1), the
 fidelity loss per level, dynamic weight average per iteration (Eq. 7, tau 2),
 CLIP ViT-B/32, AdamW lr 1e-7 with weight decay 1e-3 and a cosine schedule,
 36 epochs, batch 32, perturbations with probability 0.3. The draft's labels of
-the expanded FF++ sources are ``sjedd_jax.models.jedd.DRAFT_LABELS`` and its
+the expanded FF++ sources are ``sjedd_jax.detectors.jedd.model.DRAFT_LABELS`` and its
 label graph ``DRAFT_GRAPH`` (both data).
 
 The prompts use words outside the spec's id list ("real", "unaltered",
@@ -36,16 +36,16 @@ def get_config(arg=None):
     raise ValueError(f"configs/jedd_draft.py: unknown argument {arg!r}; use none or 'synthetic'")
   here = os.path.dirname(os.path.abspath(__file__))
   c = config_lib.load_config_file(os.path.join(here, "synthetic.py" if synthetic else "ffpp.py"))
-  c.model.kind = "jedd"
-  c.hierarchy = "jedd_draft"             # sjedd_jax.models.jedd.DRAFT_GRAPH (or a JSON file)
-  c.data.label_table = "jedd_draft"      # sjedd_jax.models.jedd.DRAFT_LABELS (or a JSON file)
+  c.detector = "jedd"
+  c.hierarchy = "jedd_draft"             # sjedd_jax.detectors.jedd.model.DRAFT_GRAPH (or a JSON file)
+  c.data.label_table = "jedd_draft"      # sjedd_jax.detectors.jedd.model.DRAFT_LABELS (or a JSON file)
   c.model.similarity = "cosine"
   c.model.cosine_tau = 1.0               # Eq. 2 has no temperature
   c.model.jedd = ml_collections.ConfigDict(dict(
       levels=3,                          # 1: binary templates only (5), 2: two levels (6)
       probability="sigmoid",             # "sigmoid" (Eq. 1), "hierarchy" (11), "joint" (joint templates, 7)
       contrastive=True,                  # False: no "unaltered" prompts (4)
-      token_ids="placeholder" if synthetic else "auto",   # see sjedd_jax/models/jedd.py
+      token_ids="placeholder" if synthetic else "auto",   # see sjedd_jax/detectors/jedd/model.py
       tokenizer="",                      # an HF CLIP directory with tokenizer files
   ))
   c.loss = "fidelity"

@@ -31,7 +31,7 @@ from sjedd_jax import config as config_lib
 
 
 def get_config():
-  c = config_lib.base_config()
+  c = config_lib.base_config("sjedd")
   c.data.kind = "synthetic"
   c.data.image_size = 64
   c.data.synthetic = ml_collections.ConfigDict(dict(

@@ -69,8 +69,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sjedd_jax import builders, config as config_lib, hostenv, labels, naive_step, train_step as ts
-from sjedd_jax.models import clip as clip_lib
+from sjedd_jax import config as config_lib, detectors, hostenv, optim, train_step as ts
+from sjedd_jax.detectors import sjedd as sjedd_det
+from sjedd_jax.detectors.sjedd import labels
+from benchmarks import naive_step
+from sjedd_jax.backbones.clip import modeling as clip_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/*.py file (default: base config + --preset).",
                                           lock_config=False)
@@ -177,7 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
   if _CONFIG.value is not None:
     c = ml_collections.ConfigDict(_CONFIG.value)
   else:
-    c = config_lib.base_config()
+    c = config_lib.base_config("sjedd")
     c.model.clip = _PRESET.value or "ViT-B/32"
   if _PRESET.value:
     c.model.clip = _PRESET.value
@@ -205,30 +208,30 @@ def random_batch(rng: np.random.Generator, batch: int, size: int, num_nodes: int
   sources = [labels.SOURCES[i % len(labels.SOURCES)] for i in rng.permutation(batch)]
   ys, ms = zip(*[labels.ffpp_label(s) for s in sources])
   return {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-          "y": np.stack(ys)[:, :num_nodes], "mask": np.stack(ms)[:, :num_nodes]}
+          "y": np.stack(ys)[:, :num_nodes], "observed": np.stack(ms)[:, :num_nodes]}
 
 
 # ------------------------------------------------------------ one mode
 def build_step(c: ml_collections.ConfigDict, kind: str):
   """(step, state, train_batch, val_batch, dtype) for a config and a step kind."""
-  hierarchy = builders.hierarchy(c)
-  split = builders.split_model(builders.model(c, hierarchy), c)
-  losses_fn = ts.make_task_losses_fn(split.scores_fn, hierarchy, c.loss)
-  schedule = ts.make_schedule("constant", c.optim.lr, total_steps=1)
-  opt = ts.model_optimizer(schedule, c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps)
+  detector = detectors.make(c)
+  variables = detector.init(c.seed)
+  losses_fn = ts.detector_losses_fn(detector, variables.state)   # the baselines' (params, batch) form
+  schedule = optim.make_schedule("constant", c.optim.lr, total_steps=1)
+  opt = optim.adamw(schedule, c.optim.weight_decay, b1=c.optim.b1, b2=c.optim.b2, eps=c.optim.eps)
   w = c.weighting
   weighting = ts.make_weighting("bilevel", lam_lr=w.lam_lr, lam_init=w.lam_init, method=w.method,
                                 radius=w.radius, update_every=2 ** 30 if kind == "cond_held" else 1)
   mesh = ts.data_mesh()
-  state = ts.init_state(split.params, opt, weighting)
+  state = ts.init_state(variables, opt, weighting, seed=c.seed)
   if kind == "cond_held":  # count 1: every timed step takes the cond's held branch
     state = state._replace(lam_state=state.lam_state._replace(count=jnp.ones((), jnp.int32)))
   state = ts.shard_state(state, mesh)
   rng = np.random.default_rng(c.seed)
-  n = hierarchy.num_nodes
+  n = sjedd_det.hierarchy_from_config(c).num_nodes
   tb, vb = (ts.global_batch(random_batch(rng, c.batch_size, c.data.image_size, n), mesh) for _ in range(2))
   if kind in ("fused", "held", "cond_held"):
-    step = ts.compile_train_step(ts.make_train_step(losses_fn, weighting, opt, schedule, c.optim.weight_decay,
+    step = ts.compile_train_step(ts.make_train_step(detector, weighting, opt, schedule, c.optim.weight_decay,
                                                     lam_update=False if kind == "held" else None),
                                  mesh)
   elif kind in ("fresh", "fresh_fd_vmap"):

@@ -51,9 +51,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import torch
 import transformers
 
-from sjedd_jax import hierarchy as hierarchy_lib
-from sjedd_jax import labels, templates
-from sjedd_jax.models import clip as clip_lib
+from sjedd_jax.detectors.sjedd import hierarchy as hierarchy_lib
+from sjedd_jax.detectors.sjedd import labels
+from sjedd_jax.detectors.sjedd import templates
+from sjedd_jax.backbones.clip import modeling as clip_lib
 
 LEVEL_SLICES = (slice(0, 1), slice(1, 4), slice(4, 10))   # the release's l1/l2/l3 template groups
 

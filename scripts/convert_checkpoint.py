@@ -1,6 +1,6 @@
 """Converts a CLIP / SJEDD checkpoint to the project's own format (no torch needed to load it).
 
-Input: anything ``sjedd_jax.checkpoints.load_pretrained`` reads: a Hugging Face CLIP
+Input: anything ``sjedd_jax.backbones.clip.checkpoints.load_pretrained`` reads: a Hugging Face CLIP
 directory, an OpenAI-format state dict (.safetensors, .pt/.pth, TorchScript), or
 the SJEDD release's ``ckpt_epoch_*.pth``. Output: a directory with
 ``sjedd_clip.json`` (config) and ``params.safetensors`` (NNX parameter paths),
@@ -14,8 +14,8 @@ Usage::
 
 Then, on a machine without torch::
 
-  model, tok = sjedd_jax.checkpoints.load_pretrained("converted/clip_b32")
-  sjedd = sjedd_jax.models.sjedd.from_release_checkpoint("converted/sjedd_release")
+  model, tok = sjedd_jax.backbones.clip.checkpoints.load_pretrained("converted/clip_b32")
+  sjedd = sjedd_jax.detectors.sjedd.model.from_release_checkpoint("converted/sjedd_release")
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sjedd_jax import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
+from sjedd_jax.backbones.clip import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv=None) -> int:

@@ -95,26 +95,49 @@ def _losses_only(task_losses_fn, has_aux):
   return task_losses_fn
 
 
+def _is_scalar(x) -> bool:
+  leaves = jax.tree.leaves(x)
+  return len(leaves) == 1 and not isinstance(x, (dict, list, tuple)) and jnp.ndim(leaves[0]) == 0
+
+
+def _virtual_step(params, g, lr, weight_decay):
+  """theta' = theta - lr (g + wd theta): SGD with (coupled) weight decay; lr and wd are scalars
+  or pytrees with the structure of ``params`` (per-group learning rates; 0 for a frozen group)."""
+  if _is_scalar(lr) and _is_scalar(weight_decay):
+    return jax.tree.map(lambda p, gi: p - lr * (gi + weight_decay * p), params, g)
+  lr_t = lr if not _is_scalar(lr) else jax.tree.map(lambda _: lr, params)
+  wd_t = weight_decay if not _is_scalar(weight_decay) else jax.tree.map(lambda _: weight_decay, params)
+  return jax.tree.map(lambda p, gi, a, w: p - a * (gi + w * p), params, g, lr_t, wd_t)
+
+
 def _directional(task_losses_fn, params, lam, g, f_jvp, train_batch, val_batch, *,
                  lr, weight_decay, primary, method, radius, has_aux):
-  """Steps 2-5: h ~ grad L_i(theta; T) . d, plus diagnostics."""
+  """Steps 2-6: the hypergradient d(outer)/d(lam) = -grad L_i(theta; T) . (lr d), plus diagnostics.
+
+  With a scalar ``lr`` that is -lr (grad L_i . d); with a pytree of learning
+  rates the direction is lr * d, leaf by leaf.
+  """
   losses_fn = _losses_only(task_losses_fn, has_aux)
   w = _primary_vector(primary, lam.shape[0])
-  # 2. virtual step (SGD with decoupled weight decay, at the model's current lr).
-  theta_v = jax.tree.map(lambda p, gi: p - lr * (gi + weight_decay * p), params, g)
+  # 2. virtual step (SGD with weight decay, at the model's current lr).
+  theta_v = _virtual_step(params, g, lr, weight_decay)
   # 3. gradient of the primary loss at theta' on the validation batch.
   val_loss, d = jax.value_and_grad(lambda p: jnp.vdot(w, losses_fn(p, val_batch)))(theta_v)
   d_norm = optax.tree.norm(d)
+  scalar_lr = _is_scalar(lr)
+  direction = d if scalar_lr else jax.tree.map(lambda a, di: a * di, lr, d)
   if method == "jvp":
-    h = f_jvp(d)
+    h = f_jvp(direction)
     eps = jnp.zeros((), jnp.float32)
   else:
-    # 4.-5. central finite difference along d.
-    eps = radius / (d_norm + 1e-6)
-    l_plus = losses_fn(_tree_axpy(eps, d, params), train_batch)
-    l_minus = losses_fn(_tree_axpy(-eps, d, params), train_batch)
+    # 4.-5. central finite difference along the direction.
+    e_norm = d_norm if scalar_lr else optax.tree.norm(direction)
+    eps = radius / (e_norm + 1e-6)
+    l_plus = losses_fn(_tree_axpy(eps, direction, params), train_batch)
+    l_minus = losses_fn(_tree_axpy(-eps, direction, params), train_batch)
     h = (l_plus - l_minus) / (2.0 * eps)
-  return h, {"val_primary_loss": val_loss, "d_norm": d_norm, "fd_eps": eps}
+  hyper = -lr * h if scalar_lr else -h                        # 6.
+  return hyper, {"val_primary_loss": val_loss, "d_norm": d_norm, "fd_eps": eps}
 
 
 def hypergradient(task_losses_fn: TaskLossesFn, params: PyTree, lam: jax.Array, train_batch: Any,
@@ -139,10 +162,10 @@ def hypergradient(task_losses_fn: TaskLossesFn, params: PyTree, lam: jax.Array, 
   lam = jnp.asarray(lam, jnp.float32)
   _, f_jvp, f_vjp, _ = _linearise(task_losses_fn, params, train_batch, has_aux)
   g = f_vjp(lam)
-  h, _ = _directional(task_losses_fn, params, lam, g, f_jvp, train_batch, val_batch, lr=lr,
-                      weight_decay=weight_decay, primary=primary, method=method, radius=radius,
-                      has_aux=has_aux)
-  return -lr * h
+  hyper, _ = _directional(task_losses_fn, params, lam, g, f_jvp, train_batch, val_batch, lr=lr,
+                          weight_decay=weight_decay, primary=primary, method=method, radius=radius,
+                          has_aux=has_aux)
+  return hyper
 
 
 class BilevelState(NamedTuple):
@@ -161,7 +184,7 @@ class AutoLambda(NamedTuple):
 def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation | None = None,
                 init_value: float | Sequence[float] = 1.0, primary: Sequence[float] | None = None,
                 method: str = "finite_difference", radius: float = 0.01, update_every: int = 1,
-                has_aux: bool = False) -> AutoLambda:
+                has_aux: bool = False, nonneg: bool = False) -> AutoLambda:
   """Learns multitask loss weights by one-step bi-level optimisation.
 
   Args:
@@ -177,7 +200,20 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
       that compile one program per branch and pick on the host (a held step
       then costs one forward and one backward; ``sjedd_jax.train`` does this).
     has_aux: ``task_losses_fn`` returns ``(losses, aux)``; aux is passed back in
-      ``info["aux"]``.
+      ``info["aux"]``. It is the aux of the linearised evaluation at ``params`` on
+      the training batch only (never of the passes at theta', theta +- eps d), so a
+      model's state (BatchNorm running statistics) returned there is the state to
+      keep: feed the running statistics in by closure, return the updated ones in aux.
+    nonneg: project lam onto lam >= 0 after each update (a negative weight would
+      reward the opposite of a task: anti-clustering, inconsistency).
+
+  ``lr`` and ``weight_decay`` of ``step`` are the model optimiser's current values
+  for the virtual step; either may be a pytree with the structure of ``params``
+  (per-group learning rates, e.g. under ``optax.multi_transform``; 0 for a frozen
+  group), and the hypergradient then follows the direction lr * d leaf by leaf.
+  Stochastic layers (dropout) must see the same randomness in every evaluation
+  of one step, or the finite difference measures the noise: pass the step's key
+  inside the batches (``sjedd_jax.train_step`` puts ``batch["rng"]``).
 
   Returns:
     ``AutoLambda(init, step)``:
@@ -202,19 +238,20 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
 
   def step(state: BilevelState, task_losses_fn: TaskLossesFn, params: PyTree, train_batch: Any,
            val_batch: Any, *, lr, weight_decay=0.0, update: bool | None = None):
-    lr = jnp.asarray(lr, jnp.float32)
+    lr = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), lr)
     losses, f_jvp, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
     if losses.shape != (num_tasks,):
       raise ValueError(f"task_losses_fn returned shape {losses.shape}, expected ({num_tasks},)")
     g = f_vjp(state.lam)  # 1.
 
     def update_branch(_):
-      h, diag = _directional(task_losses_fn, params, state.lam, g, f_jvp, train_batch, val_batch,
-                             lr=lr, weight_decay=weight_decay, primary=primary, method=method,
-                             radius=radius, has_aux=has_aux)
-      hyper = -lr * h                                          # 6.
+      hyper, diag = _directional(task_losses_fn, params, state.lam, g, f_jvp, train_batch, val_batch,
+                                 lr=lr, weight_decay=weight_decay, primary=primary, method=method,
+                                 radius=radius, has_aux=has_aux)
       upd, opt_state = optimizer.update(hyper, state.opt_state, state.lam)
       lam = optax.apply_updates(state.lam, upd)
+      if nonneg:
+        lam = jnp.maximum(lam, 0.0)
       grads = f_vjp(lam)                                       # 7. same linearisation
       return grads, lam, opt_state, hyper, diag
 

@@ -1,4 +1,4 @@
-"""Defaults shared by every config file in configs/ (the release recipe of spec section 6 where it applies).
+"""Config defaults shared by every detector, and loading config files (big_vision style ``get_config``).
 
 ``load_config_file(path, arg)`` loads another config file by path (big_vision
 style ``get_config(arg)``), so variants in ``configs/ablations/`` can build on
@@ -7,15 +7,30 @@ style ``get_config(arg)``), so variants in ``configs/ablations/`` can build on
     python -m sjedd_jax.train --config configs/ablations/frozen_text.py:synthetic --workdir /tmp/w
 """
 
+import ast
 import importlib.util
 import inspect
 import os
+from typing import Any
 
 import ml_collections
 
 
-def base_config() -> ml_collections.ConfigDict:
+class ConfigError(ValueError):
+  """A config that cannot be run, with what is missing and how to get it."""
+
+
+def base_config(detector: str = "") -> ml_collections.ConfigDict:
+  """The fields every run has (data, optimiser, weighting, schedule of the loop), neutral to the detector.
+
+  ``detector`` names a registered detector (``sjedd_jax.detectors.NAMES``); its
+  own defaults (``config.model`` and any detector-specific fields, e.g. SJEDD's
+  ``hierarchy`` and ``loss``) are added by that detector's ``defaults(config)``.
+  Without a name the config has an empty ``model`` and cannot be trained until
+  ``config.detector`` is set and the detector's defaults are added.
+  """
   c = ml_collections.ConfigDict()
+  c.detector = detector
   c.seed = 0
 
   # Data: "synthetic" (generated into data.cache_dir) or "manifest" (a prepared directory).
@@ -25,53 +40,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.cache_dir = "~/.cache/sjedd_jax"
   c.data.image_size = 224
   c.data.train_sources = ml_collections.FieldReference(None, field_type=str)   # comma list; None: all
-  c.data.unobserved_as_zero = False      # True: the release's N/A -> 0, unmasked
-  c.data.binary_only = False             # True: no relabelling (Table X ablation)
   c.data.exclude_expansion = False       # True: train without the expansion's aug_* images (Table X)
   c.data.expansion_mode = "regions"      # "regions" (spec 7) or "xray" (Face X-ray-style blending, Table XI)
-  c.data.label_table = ""                # "": Table I; "jedd_draft" or a JSON file {source: {node: 0/1/null}}
   c.data.perturb_probability = 0.3
   c.data.hflip = False                   # True: random horizontal flips in training (not the release)
   c.data.workers = 0
   c.data.skip_unreadable = False
   c.data.balance_real = False            # every batch half real, half fake; real faces repeated (not the release)
 
-  # Model.
+  # Model: filled by the detector's defaults.
   c.model = ml_collections.ConfigDict()
-  c.model.kind = "sjedd"                 # "sjedd" (this paper) or "jedd" (the earlier draft, models/jedd.py)
-  c.model.clip = "ViT-B/32"              # preset, used when no pretrained path is given
-  c.model.clip_overrides = ml_collections.ConfigDict()  # CLIPConfig fields over the preset (e.g. patch_size)
-  c.model.pretrained = ""                # local CLIP checkpoint (HF dir, OpenAI .pt/.safetensors)
-  c.model.require_pretrained = False     # True: refuse to start from random weights
-  c.model.tau = 10.0
-  c.model.similarity = "dot"             # "dot" (the paper) or "cosine"
-  c.model.cosine_tau = 0.01              # tau' of the cosine variant
-  c.model.per_level_passes = False       # the release's redundant per-level CLIP passes (benchmarks)
-  c.model.head = "text"                  # "text" (joint embedding) or "linear" (image-only)
-  c.model.freeze_text = False
-  c.model.templates = "release"          # "release" or "keyword"
-  c.model.text_context = 0               # 0: longest template (17); 77: full context
-  c.model.dtype = "float32"              # compute dtype; "bfloat16" for speed
-  c.model.scan_layers = True             # residual blocks as one lax.scan (False: unrolled; docs/performance.md)
-  c.model.compact_vocab = False          # True: keep only the templates' token-embedding rows (same outputs)
 
-  c.hierarchy = "ffpp"                   # name, JSON path or dict
-  c.loss = "fidelity"                    # or "bce"
-
-  # Loss weighting (spec section 5).
+  # Loss weighting (SJEDD spec section 5): the bi-level learner of the task weights.
   c.weighting = ml_collections.ConfigDict()
   c.weighting.kind = "bilevel"           # "bilevel", "fixed" or "dwa"
   c.weighting.method = "finite_difference"   # or "jvp"
   c.weighting.lam_lr = 1e-3
-  c.weighting.lam_init = 1.0
+  c.weighting.lam_init = 1.0             # a number, or one per task
   c.weighting.radius = 0.01
   c.weighting.update_every = 1
-  c.weighting.fixed = (1.0, 1.0, 1.0)
+  c.weighting.fixed = (1.0, 1.0, 1.0)    # "fixed": one weight per task
+  c.weighting.nonneg = False             # project lambda >= 0 after each update
+  c.weighting.primary = ()               # outer-loss task weights; (): the detector's
   c.weighting.dwa_temperature = 2.0
   c.weighting.dwa_period = 0             # steps per DWA period; 0: one epoch
 
-  # Model optimiser: AdamW.
+  # Model optimiser (sjedd_jax/optim.py).
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"                 # "adamw", "adam_l2" (Adam + L2 in the gradient) or "sgd" (momentum)
   c.optim.lr = 6e-7
   c.optim.weight_decay = 1e-3
   c.optim.b1 = 0.9                       # AdamW betas and eps (torch.optim.AdamW's defaults)
@@ -81,6 +77,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.t_max = 5                      # release_cosine: half period in epochs
   c.optim.warmup_steps = 0
   c.optim.eta_min = 0.0
+  c.optim.momentum = 0.9                 # sgd
+  c.optim.poly_power = 0.9               # schedule "poly"
+  c.optim.warmup_epochs = 20             # schedule "warmup_multistep"
+  c.optim.milestones = (70, 120)         # schedule "warmup_multistep" (epochs)
+  c.optim.clip_grad_norm = 0.0           # > 0: clip the model gradient's global norm
+  c.optim.lr_mult = ml_collections.ConfigDict()   # {group: multiplier} (the detector's parameter groups)
+  c.optim.frozen = ()                    # groups not trained at all
 
   c.batch_size = 32                      # global batch
   c.num_epochs = 20
@@ -102,7 +105,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ""
   c.distributed.num_processes = 1
   c.distributed.process_id = 0
+  if detector:
+    from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
+    detectors.defaults(detector, c)
   return c
+
+
+def set_dotted(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """``config.a.b.c = value`` from the key ``"a.b.c"``; a missing key is a ``ConfigError``."""
+  node = config
+  *path, last = key.split(".")
+  for i, p in enumerate(path):
+    if p not in node:
+      raise ConfigError(f"config has no key {'.'.join(path[:i + 1])!r} (setting {key!r})")
+    node = node[p]
+  node[last] = value
+
+
+def parse_dotted(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """``set_dotted`` from command-line text, typed like the value it replaces."""
+  node = config
+  *path, last = key.split(".")
+  for p in path:
+    if p not in node:
+      raise ConfigError(f"config has no key {key!r}")
+    node = node[p]
+  old = node[last] if last in node else None
+  if isinstance(old, str) or old is None:
+    value = text
+  elif isinstance(old, bool):
+    value = text.lower() in ("1", "true", "yes")
+  elif isinstance(old, tuple):
+    value = tuple(ast.literal_eval(text))
+  else:
+    value = type(old)(ast.literal_eval(text))
+  set_dotted(config, key, value)
 
 
 def load_config_file(path: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -18,7 +18,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from sjedd_jax import builders, metrics as metrics_lib
+from sjedd_jax import inference, metrics as metrics_lib
+from sjedd_jax.config import ConfigError
+from sjedd_jax.data import datasets
 from sjedd_jax.evaluator import Evaluator, write_report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The training config.", lock_config=True)
@@ -34,18 +36,16 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   out = _OUT.value or workdir
   try:
-    hierarchy = builders.hierarchy(config)
-    data_dir = builders.dataset_dir(config)
-    split, params = builders.load_for_inference(config, hierarchy, workdir, _CHECKPOINT.value)
-  except (builders.ConfigError, FileNotFoundError) as e:
+    data_dir = datasets.dataset_dir(config)
+    detector, variables = inference.load(config=config, workdir=workdir, checkpoint=_CHECKPOINT.value)
+  except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  evaluator = Evaluator(split, hierarchy)
+  evaluator = Evaluator(detector)
   results, curves = {}, {}
-  for name, (d, split_name, sources) in builders.test_sets(config, data_dir).items():
-    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes,
-                               sources=sources)
-    results[name], curves[name] = evaluator.run(cfg, params=params, return_scores=True)
+  for name, (d, split_name, sources) in datasets.test_sets(config, data_dir).items():
+    cfg = datasets.data_config(config, detector, d, split_name, train=False, sources=sources)
+    results[name], curves[name] = evaluator.run(cfg, variables, return_scores=True)
   if jax.process_index() == 0:
     write_report(out, results, curves)
     print(metrics_lib.results_table(results))

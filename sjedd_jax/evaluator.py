@@ -1,4 +1,10 @@
-"""Streaming evaluation of a model over eval pipelines (used by train, evaluate and benchmarks)."""
+"""Streaming evaluation of any detector over eval pipelines (used by train, evaluate, predict and benchmarks).
+
+The detector's ``predict`` runs jitted and data-parallel over every device; the
+host keeps P(fake), the labels and whatever else the detector returned, and at
+the end computes the shared frame/video metrics plus the detector's own
+(``Detector.eval_metrics``: SJEDD's per-node AUCs, localisation, sequences).
+"""
 
 from __future__ import annotations
 
@@ -11,47 +17,57 @@ from tqdm.auto import tqdm
 
 from sjedd_jax import metrics as metrics_lib, train_step as ts
 from sjedd_jax.data import pipeline
+from sjedd_jax.detectors.interface import Detector, Variables
+
+_HOST_KEYS = ("is_fake", "video", "valid", "index")
 
 
 class Evaluator:
-  """Streams an eval pipeline through a jitted, data-parallel marginals function."""
+  """Streams an eval pipeline through the detector's jitted, data-parallel ``predict``."""
 
-  def __init__(self, split_model, hierarchy, mesh=None):
-    self.split = split_model
-    self.hierarchy = hierarchy
+  def __init__(self, detector: Detector, mesh=None):
+    self.detector = detector
     self.mesh = mesh if mesh is not None else ts.data_mesh()
     rep, data = ts.replicated(self.mesh), ts.batch_sharding(self.mesh)
-    self._fn = jax.jit(lambda p, images: hierarchy.marginals(split_model.scores_fn(p, images).astype(np.float32)),
-                       in_shardings=(rep, data), out_shardings=data)
+    self._fn = jax.jit(detector.predict, in_shardings=(rep, rep, data), out_shardings=data)
 
-  def marginals(self, params, images: np.ndarray) -> np.ndarray:
-    out = self._fn(params, ts.global_batch({"image": images}, self.mesh, keys=("image",))["image"])
+  def predict(self, variables: Variables, images: np.ndarray) -> dict[str, np.ndarray]:
+    """(B, S, S, 3) model inputs -> the detector's outputs as host arrays (B must divide over devices)."""
+    x = ts.global_batch({"image": images}, self.mesh, keys=("image",))["image"]
+    out = self._fn(variables.params, variables.state, x)
     if jax.process_count() > 1:
-      return np.asarray(multihost_utils.process_allgather(out, tiled=True))
-    return np.asarray(out)
+      return {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
+    return {k: np.asarray(v) for k, v in out.items()}
 
-  def run(self, data_cfg: pipeline.DataConfig, params=None, progress: bool = True,
+  def run(self, data_cfg: pipeline.DataConfig, variables: Variables, progress: bool = True,
           return_scores: bool = False):
-    """Metrics on one split/dataset: {"frame", "video", "nodes"} (``metrics.evaluate_predictions``).
+    """Metrics on one split/dataset: {"frame", "video", ...the detector's}.
 
     With ``return_scores`` also ``(p_fake, is_fake)`` for ROC curves.
     """
-    params = self.split.params if params is None else params
     data = pipeline.load(data_cfg)
-    acc = metrics_lib.Accumulator(node_names=self.hierarchy.nodes)
+    parts: dict[str, list[np.ndarray]] = {}
     it = pipeline.eval_iterator(data_cfg, data)
     for batch in tqdm(it, desc=f"eval {os.path.basename(data_cfg.data_dir.rstrip('/'))}/{data_cfg.split}",
                       unit="batch", disable=not progress, leave=False):
-      m = self.marginals(params, batch["image"])
+      out = self.predict(variables, batch["image"])
+      labels = {k: v for k, v in batch.items() if k != "image"}
       if jax.process_count() > 1:
-        batch = {k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True))
-                 for k in ("y", "mask", "is_fake", "video", "valid")}
-      acc.add(m, y=batch["y"], mask=batch["mask"], is_fake=batch["is_fake"], video_index=batch["video"],
-              valid=batch["valid"])
-    results = acc.result()
+        labels = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in labels.items()}
+      keep = np.asarray(labels["valid"]).astype(bool)
+      for k, v in {**labels, **{f"out/{k}": v for k, v in out.items()}}.items():
+        parts.setdefault(k, []).append(np.asarray(v)[keep])
+    a = {k: np.concatenate(v) for k, v in parts.items()}
+    if not a or not len(a["valid"]):
+      raise metrics_lib.MetricsError(f"{data_cfg.data_dir}/{data_cfg.split}: no examples to evaluate")
+    p_fake = a["out/p_fake"]
+    results = metrics_lib.evaluate_predictions(p_fake, a["is_fake"], a["video"])
+    outputs = {k[4:]: v for k, v in a.items() if k.startswith("out/")}
+    labels = {k: v for k, v in a.items() if not k.startswith("out/") and k not in _HOST_KEYS}
+    extra = self.detector.eval_metrics(outputs, labels) or {}
+    results.update(extra)
     if return_scores:
-      a = acc.arrays()
-      return results, (a["marginals"][:, 0], a["is_fake"])
+      return results, (p_fake, a["is_fake"])
     return results
 
 

@@ -1,4 +1,4 @@
-r"""Predicts P(fake), node marginals and an explanation for images, videos or folders.
+r"""Predicts P(fake) and what the detector explains for images, videos or folders (any detector).
 
     python -m sjedd_jax.predict --export WORKDIR/export photo.jpg clip.mp4 some_folder/
     python -m sjedd_jax.predict --release ckpt_epoch_19.pth --out preds.jsonl --plots plots/ DIR
@@ -8,10 +8,12 @@ Folders are searched recursively for image and video files (``data.videos``'
 extensions). In each image (or each of ``--num_frames`` evenly sampled video
 frames) the largest face is found by dlib, cropped as in preprocessing (a square
 1.3x the face box, saved at ``--crop_size`` px) and resized to the model's input
-size with ``preprocess.preprocess_np``; ``--no_detect`` takes inputs as face crops
-already. A video's P(fake) and marginals are the mean over its frames with a face.
+size with the detector's normalisation (``data.model_input``); ``--no_detect`` takes
+inputs as face crops already. A video's P(fake) and the detector's outputs are the
+mean over its frames with a face.
 
-One JSON line per input file goes to stdout (or ``--out``)::
+One JSON line per input file goes to stdout (or ``--out``); the fields after
+``fake`` are the detector's (``Detector.describe``), e.g. SJEDD's::
 
     {"path": "x.png", "kind": "image", "p_fake": 0.97, "fake": true,
      "marginals": {"fake": 0.97, "identity": 0.03, ...},
@@ -21,14 +23,14 @@ One JSON line per input file goes to stdout (or ``--out``)::
 videos add ``num_frames`` (sampled), ``frames`` (index, P(fake), box of each frame
 with a face); a file that cannot be used gets ``{"path", "kind", "error"}``
 ("unreadable image: ...", "no face detected", ...) and the run goes on. The exit
-code is 0 unless no file at all could be scored. ``--plots DIR`` writes a bar chart
-of each file's marginals (``explain.plot_marginals``).
+code is 0 unless no file at all could be scored. ``--plots DIR`` writes the
+detector's picture of each file (``Detector.plot``; SJEDD: a bar chart of the
+marginals).
 
 From Python (no subprocess)::
 
-    split = builders.split_model(builders.load_export("WORKDIR/export"))
-    results = predict_files(split, split.params, split.model.hierarchy, ["x.png"],
-                            detector=faces.DlibDetector())
+    detector, variables = detectors.load_export("WORKDIR/export")
+    results = predict_files(detector, variables, ["x.png"], face_detector=faces.DlibDetector())
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from sjedd_jax import builders, explain as explain_lib, preprocess as clip_preprocess
+from sjedd_jax import inference
+from sjedd_jax.config import ConfigError
+from sjedd_jax.data import model_input
+from sjedd_jax.detectors.sjedd import explain as explain_lib
 from sjedd_jax.data import faces as faces_lib
 from sjedd_jax.data import videos
 
@@ -74,48 +79,52 @@ def collect_inputs(paths: Iterable[str]) -> list[str]:
   return out
 
 
-def face_crops(frame: np.ndarray, detector: faces_lib.Detector | None, image_size: int, *,
-               crop_scale: float = 1.3, crop_size: int | None = 317):
+def face_crops(frame: np.ndarray, face_detector: faces_lib.Detector | None, image_size: int, *,
+               mean=None, std=None, crop_scale: float = 1.3, crop_size: int | None = 317):
   """``(model input (S, S, 3) float32, face box or None)``; ``(None, None)`` when no face.
 
-  With a detector: the largest face, cropped ``crop_scale`` x its box and saved at
-  ``crop_size`` like preprocessing, then ``preprocess_np`` to ``image_size``.
-  Without (``None``): the whole frame is the face.
+  With a face detector: the largest face, cropped ``crop_scale`` x its box and saved
+  at ``crop_size`` like preprocessing, then resized to ``image_size`` and normalised
+  with ``mean``/``std`` (default CLIP's). Without (``None``): the whole frame is the face.
   """
-  if detector is None:
-    return clip_preprocess.preprocess_np(frame, image_size), None
-  face = detector(frame)
+  from sjedd_jax.backbones import clip as clip_backbone  # pylint: disable=g-import-not-at-top
+  mean = clip_backbone.MEAN if mean is None else mean
+  std = clip_backbone.STD if std is None else std
+  if face_detector is None:
+    return model_input.preprocess_np(frame, image_size, mean, std), None
+  face = face_detector(frame)
   if face is None:
     return None, None
   crop, _ = faces_lib.crop_face(frame, face, scale=crop_scale, size=crop_size or None)
-  return clip_preprocess.preprocess_np(crop, image_size), [round(float(v), 1) for v in face.box]
+  return model_input.preprocess_np(crop, image_size, mean, std), [round(float(v), 1) for v in face.box]
 
 
 # ------------------------------------------------------------------ model
 class Predictor:
-  """A fixed-size batch of faces through one jitted marginals function (compiles once).
+  """A fixed-size batch of faces through one jitted ``Detector.predict`` (compiles once).
 
   Data parallel over all devices (``evaluator.Evaluator``); the batch is rounded up
   to a multiple of the device count and short batches are zero padded.
   """
 
-  def __init__(self, split: builders.SplitModel, params, hierarchy, batch_size: int = 32):
+  def __init__(self, detector, variables, batch_size: int = 32):
     from sjedd_jax import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top
-    self.evaluator = evaluator_lib.Evaluator(split, hierarchy)
+    self.detector = detector
+    self.evaluator = evaluator_lib.Evaluator(detector)
     n_dev = self.evaluator.mesh.devices.size
     self.batch_size = max(1, -(-int(batch_size) // n_dev)) * n_dev
-    self.params = params
-    self.image_size = int(split.model.clip.config.image_size)
-    self.num_nodes = hierarchy.num_nodes
+    self.variables = variables
+    self.image_size = int(detector.image_size)
 
-  def __call__(self, images: np.ndarray) -> np.ndarray:
-    """(B, S, S, 3) float32 with B <= batch_size -> (B, n) marginals as float64 numpy."""
+  def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    """(B, S, S, 3) float32 with B <= batch_size -> the detector's outputs, float64 numpy, B rows."""
     b = images.shape[0]
     if b > self.batch_size:
       raise ValueError(f"{b} faces > batch_size {self.batch_size}")
     batch = np.zeros((self.batch_size,) + images.shape[1:], np.float32)
     batch[:b] = images
-    return np.asarray(self.evaluator.marginals(self.params, batch), np.float64)[:b]
+    out = self.evaluator.predict(self.variables, batch)
+    return {k: np.asarray(v, np.float64)[:b] for k, v in out.items()}
 
 
 # ------------------------------------------------------------------ core
@@ -124,8 +133,8 @@ def _safe_name(path: str) -> str:
   return name[:100]
 
 
-def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence[str], *,
-                  detector: faces_lib.Detector | None, num_frames: int = 32, batch_size: int = 32,
+def predict_files(detector, variables, paths: Sequence[str], *,
+                  face_detector: faces_lib.Detector | None, num_frames: int = 32, batch_size: int = 32,
                   threshold: float = 0.5, crop_scale: float = 1.3, crop_size: int | None = 317,
                   plots_dir: str | None = None, progress: bool = True,
                   on_result: Callable[[dict], None] | None = None,
@@ -133,25 +142,24 @@ def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence
   """One result dict per file of ``collect_inputs(paths)``, in that order.
 
   Args:
-    split, params: the model (``builders.split_model`` / ``load_for_inference``).
-    hierarchy: its ``LabelHierarchy`` (names the marginals).
+    detector, variables: the model (``inference.load`` / ``detectors.load_export``).
     paths: files and/or folders.
-    detector: a face detector (``faces.DlibDetector()``); None: inputs are face crops.
+    face_detector: a face detector (``faces.DlibDetector()``); None: inputs are face crops.
     num_frames: evenly sampled frames per video (<= 0: all).
     batch_size: faces per model call (padded).
     threshold: for ``fake`` and the explanation.
     crop_scale, crop_size: the crop, as in preprocessing.
-    plots_dir: write ``NNNN_<name>.png`` bar charts of the marginals here.
+    plots_dir: write ``NNNN_<name>.png`` pictures (``Detector.plot``) here.
     progress: tqdm bar over files on stderr.
     on_result: called with each result as soon as it is complete (in order).
     predictor: reuse a ``Predictor`` (and its compilation) across calls.
   Returns:
     The result dicts (see the module docstring); errors carry an ``"error"`` key.
   """
-  pred = predictor or Predictor(split, params, hierarchy, batch_size)
+  pred = predictor or Predictor(detector, variables, batch_size)
   files = collect_inputs(paths)
   results: list[dict[str, Any] | None] = [None] * len(files)
-  pending: dict[int, dict[str, Any]] = {}  # file index -> {"result", "faces": [...], "need": n}
+  pending: dict[int, dict[str, Any]] = {}  # file index -> {"result", "outputs": [...], "need": n}
   queue: list[tuple[int, int, np.ndarray]] = []  # (file index, face slot, model input)
   emitted = 0
 
@@ -167,33 +175,33 @@ def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence
 
   def finalise(i: int) -> None:
     st = pending.pop(i)
-    res, marg = st["result"], np.stack(st["marginals"])
-    mean = marg.mean(0)
-    ex = explain_lib.explain_structured(mean, hierarchy, threshold,
-                                        subject="face video" if res["kind"] == "video" else "face image")
-    res.update(p_fake=float(mean[hierarchy.root]), fake=ex["fake"],
-               marginals={n: float(v) for n, v in zip(hierarchy.nodes, mean)},
-               explanation=ex["text"], globals=ex["globals"], locals=ex["locals"],
-               most_probable=ex["most_probable"], num_faces=int(marg.shape[0]))
+    res = st["result"]
+    outs = {k: np.stack([o[k] for o in st["outputs"]]) for k in st["outputs"][0]}
+    mean = {k: v.mean(0) for k, v in outs.items()}
+    p_fake = float(mean["p_fake"])
+    subject = "face video" if res["kind"] == "video" else "face image"
+    res.update(p_fake=p_fake, fake=bool(p_fake > threshold))
+    res.update(detector.describe(mean, threshold=threshold, subject=subject))
+    res["num_faces"] = int(outs["p_fake"].shape[0])
     if res["kind"] == "video":
-      res["frames"] = [{"frame": f, "p_fake": float(m[hierarchy.root]), "box": b}
-                       for (f, b), m in zip(st["meta"], marg)]
+      res["frames"] = [{"frame": f, "p_fake": float(p), "box": b}
+                       for (f, b), p in zip(st["meta"], outs["p_fake"])]
     else:
       res["box"] = st["meta"][0][1]
-    if plots_dir:
+    if plots_dir and detector.plot is not None:
       png = os.path.join(plots_dir, f"{i:04d}_{_safe_name(res['path'])}.png")
-      explain_lib.plot_marginals(mean, hierarchy, png, threshold,
-                                 titles=[f"{os.path.basename(res['path'])}: {ex['text']}"])
+      title = f"{os.path.basename(res['path'])}: {res.get('explanation', f'P(fake) = {p_fake:.2f}')}"
+      detector.plot(mean, png, title=title, image=st.get("image"), threshold=threshold)
       res["plot"] = png
     finish(i, res)
 
   def flush() -> None:
     if not queue:
       return
-    marg = pred(np.stack([q[2] for q in queue]))
-    for (i, slot, _), m in zip(queue, marg):
+    out = pred(np.stack([q[2] for q in queue]))
+    for j, (i, slot, _) in enumerate(queue):
       st = pending[i]
-      st["marginals"][slot] = m
+      st["outputs"][slot] = {k: v[j] for k, v in out.items()}
       st["need"] -= 1
       if st["need"] == 0:
         finalise(i)
@@ -221,7 +229,8 @@ def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence
       continue
     try:
       for f, rgb in frames:
-        x, box = face_crops(rgb, detector, pred.image_size, crop_scale=crop_scale, crop_size=crop_size)
+        x, box = face_crops(rgb, face_detector, pred.image_size, mean=detector.mean, std=detector.std,
+                            crop_scale=crop_scale, crop_size=crop_size)
         if x is not None:
           inputs.append(x)
           meta.append((int(f), box))
@@ -236,7 +245,8 @@ def predict_files(split: builders.SplitModel, params, hierarchy, paths: Sequence
       continue
     if kind == "video" and len(inputs) < len(frames):
       res["frames_without_face"] = len(frames) - len(inputs)
-    pending[i] = {"result": res, "marginals": [None] * len(inputs), "need": len(inputs), "meta": meta}
+    pending[i] = {"result": res, "outputs": [None] * len(inputs), "need": len(inputs), "meta": meta,
+                  "image": frames[0][1] if kind == "image" else None}
     for slot, x in enumerate(inputs):
       queue.append((i, slot, x))
       if len(queue) == pred.batch_size:
@@ -256,27 +266,9 @@ def summary(results: Sequence[dict]) -> tuple[str, int]:
 
 def load_model(*, export: str | None = None, release: str | None = None, config=None,
                workdir: str | None = None, checkpoint: str = "best", dtype: str | None = None):
-  """``(SplitModel, params, hierarchy)`` from exactly one model source."""
-  given = [n for n, v in (("--export", export), ("--release", release), ("--config", config)) if v]
-  if len(given) != 1:
-    raise builders.ConfigError(
-        f"give exactly one model source: --export DIR, --release PATH, or --config CFG --workdir DIR "
-        f"(got {', '.join(given) or 'none'})")
-  if export:
-    split = builders.split_model(builders.load_export(os.path.expanduser(export), dtype=dtype))
-    return split, split.params, split.model.hierarchy
-  if release:
-    from sjedd_jax.models import sjedd  # pylint: disable=g-import-not-at-top
-    path = os.path.expanduser(release)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"--release={release!r} does not exist")
-    split = builders.split_model(sjedd.from_release_checkpoint(path, dtype=dtype))
-    return split, split.params, split.model.hierarchy
-  if not workdir:
-    raise builders.ConfigError("--config needs --workdir (the training workdir with the checkpoints)")
-  hierarchy = builders.hierarchy(config)
-  split, params = builders.load_for_inference(config, hierarchy, os.path.expanduser(workdir), checkpoint)
-  return split, params, hierarchy
+  """``(Detector, Variables)`` from exactly one model source (``inference.load``)."""
+  return inference.load(export=export, release=release, config=config, workdir=workdir,
+                        checkpoint=checkpoint, dtype=dtype)
 
 
 def define_flags() -> None:
@@ -290,7 +282,7 @@ def define_flags() -> None:
   flags.DEFINE_string("release", None, "The authors' release checkpoint (.pth or converted dir).")
   flags.DEFINE_string("dtype", None, "Compute dtype for --export/--release (float32, bfloat16).")
   flags.DEFINE_string("out", None, "Write JSON lines here instead of stdout.")
-  flags.DEFINE_string("plots", None, "Directory for one PNG bar chart of marginals per file.")
+  flags.DEFINE_string("plots", None, "Directory for one PNG per file (the detector's picture: SJEDD's marginals).")
   flags.DEFINE_integer("num_frames", 32, "Evenly sampled frames per video (<= 0: all).")
   flags.DEFINE_bool("no_detect", False, "Inputs are face crops already: no detection/cropping.")
   flags.DEFINE_integer("batch_size", 32, "Faces per model call (padded; one compilation).")
@@ -309,12 +301,12 @@ def main(argv):
   if not inputs:
     raise app.UsageError("give image/video files or folders to predict")
   try:
-    split, params, hierarchy = load_model(export=f.export, release=f.release, config=f.config,
-                                          workdir=f.workdir, checkpoint=f.checkpoint, dtype=f.dtype)
-  except (builders.ConfigError, FileNotFoundError, ValueError) as e:
+    detector, variables = load_model(export=f.export, release=f.release, config=f.config,
+                                     workdir=f.workdir, checkpoint=f.checkpoint, dtype=f.dtype)
+  except (ConfigError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  detector = None if f.no_detect else faces_lib.DlibDetector(upsample=f.upsample)
+  face_detector = None if f.no_detect else faces_lib.DlibDetector(upsample=f.upsample)
   out = open(f.out, "w") if f.out else sys.stdout  # pylint: disable=consider-using-with
 
   def write(res):
@@ -322,7 +314,7 @@ def main(argv):
     out.flush()
 
   try:
-    results = predict_files(split, params, hierarchy, inputs, detector=detector, num_frames=f.num_frames,
+    results = predict_files(detector, variables, inputs, face_detector=face_detector, num_frames=f.num_frames,
                             batch_size=f.batch_size, threshold=f.threshold, crop_scale=f.crop_scale,
                             crop_size=f.crop_size or None, plots_dir=f.plots, on_result=write)
   finally:

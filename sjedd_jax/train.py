@@ -1,4 +1,6 @@
-r"""Trains SJEDD: ``python -m sjedd_jax.train --config configs/ffpp.py --workdir DIR``.
+r"""Trains a detector: ``python -m sjedd_jax.train --config configs/ffpp.py --workdir DIR``.
+
+The detector is ``config.detector`` (SJEDD by default in configs/; see sjedd_jax/detectors).
 
 Config values can be overridden on the command line, big_vision style:
 ``--config.batch_size=64 --config.weighting.method=jvp``.
@@ -22,14 +24,14 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from sjedd_jax import builders, checkpointing, evaluator as evaluator_lib, train_step as ts, writers
-from sjedd_jax.data import pipeline
+from sjedd_jax import checkpointing, detectors, evaluator as evaluator_lib, optim, preflight, train_step as ts, writers
+from sjedd_jax.config import ConfigError
+from sjedd_jax.data import datasets, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a get_config() module).",
                                           lock_config=True)
@@ -57,22 +59,26 @@ def _profile_range(spec: str) -> tuple[int, int] | None:
   try:
     a, b = (int(x) for x in str(spec).split(","))
   except ValueError:
-    raise builders.ConfigError(f"config.profile_steps={spec!r}: expected 'first,last' step numbers") from None
+    raise ConfigError(f"config.profile_steps={spec!r}: expected 'first,last' step numbers") from None
   if not 0 <= a < b:
-    raise builders.ConfigError(f"config.profile_steps={spec!r}: need 0 <= first < last")
+    raise ConfigError(f"config.profile_steps={spec!r}: need 0 <= first < last")
   return a, b
 
 
-def _to_host(metrics: dict) -> dict[str, float]:
-  """Device metrics -> flat floats (vectors become name/0, name/1, ...)."""
+def _to_host(metrics: dict, vector_names: dict[str, tuple[str, ...]] | None = None) -> dict[str, float]:
+  """Device metrics -> flat floats; vectors become name/<entry> (task names where known, else 1, 2, ...)."""
   out = {}
   for k, v in jax.device_get(metrics).items():
     v = np.asarray(v)
     if v.ndim == 0:
       out[k] = float(v)
     else:
-      for i, x in enumerate(v.reshape(-1)):
-        out[f"{k}/{i + 1}"] = float(x)
+      names = (vector_names or {}).get(k)
+      flat = v.reshape(-1)
+      if names is None or len(names) != flat.size:
+        names = [str(i + 1) for i in range(flat.size)]
+      for name, x in zip(names, flat):
+        out[f"{k}/{name}"] = float(x)
   return out
 
 
@@ -91,45 +97,41 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
     jax.profiler.start_server(config.profiler_port)
   profile = _profile_range(config.profile_steps)
 
-  builders.preflight(config)
-  hierarchy = builders.hierarchy(config)
-  data_dir = builders.dataset_dir(config, progress=progress)
-  train_cfg = builders.data_config(config, data_dir, "train", train=True, num_nodes=hierarchy.num_nodes)
+  preflight.check(config)
+  detector = detectors.make(config)
+  data_dir = datasets.dataset_dir(config, progress=progress)
+  train_cfg = datasets.data_config(config, detector, data_dir, "train", train=True)
   train_data = pipeline.load(train_cfg)
   steps_per_epoch = pipeline.steps_per_epoch(train_cfg, train_data)
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
 
-  model = builders.model(config, hierarchy)
-  split = builders.split_model(model, config)
-  task_losses_fn = ts.make_task_losses_fn(split.scores_fn, hierarchy, config.loss)
-  schedule = ts.make_schedule(config.optim.schedule, config.optim.lr, total_steps=total_steps,
-                              steps_per_epoch=steps_per_epoch, warmup_steps=config.optim.warmup_steps,
-                              t_max=config.optim.t_max, eta_min=config.optim.eta_min)
-  model_opt = ts.model_optimizer(schedule, config.optim.weight_decay,
-                                 b1=config.optim.b1, b2=config.optim.b2, eps=config.optim.eps)
-  weighting = builders.weighting(config, steps_per_epoch)
-  wd = config.optim.weight_decay
+  variables = detector.init(config.seed)
+  labels = detector.param_labels(variables.params) if detector.param_labels is not None else None
+  opt = optim.make(config.optim, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                   params=variables.params, labels=labels)
+  weighting = ts.weighting_from_config(config, detector, steps_per_epoch)
   every = config.weighting.update_every if config.weighting.kind == "bilevel" else 1
 
   mesh = ts.data_mesh()
   if config.batch_size % mesh.devices.size:
-    raise builders.ConfigError(f"batch_size={config.batch_size} is not divisible by the "
-                               f"{mesh.devices.size} devices")
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the {mesh.devices.size} devices")
   if config.eval_batch_size % mesh.devices.size:
-    raise builders.ConfigError(f"eval_batch_size={config.eval_batch_size} is not divisible by the "
-                               f"{mesh.devices.size} devices")
+    raise ConfigError(f"eval_batch_size={config.eval_batch_size} is not divisible by the "
+                      f"{mesh.devices.size} devices")
   train_it, val_it = pipeline.train_streams(train_cfg, train_data)
-  state = ts.shard_state(ts.init_state(split.params, model_opt, weighting), mesh)
+  state = ts.shard_state(ts.init_state(variables, opt.tx, weighting, seed=config.seed), mesh)
   # With update_every > 1, one program per branch, picked on the host: a held step then runs only
   # the forward and backward at theta (a lax.cond in one program costs more than the branch it skips).
-  programs = {u: ts.compile_train_step(ts.make_train_step(task_losses_fn, weighting, model_opt,
-                                                          schedule, wd, lam_update=u), mesh)
+  programs = {u: ts.compile_train_step(ts.make_train_step(detector, weighting, opt.tx, opt.lr, opt.weight_decay,
+                                                          lam_update=u), mesh)
               for u in ((True, False) if every > 1 else (None,))}
   compiled_for = lambda step: programs[step % every == 0 if every > 1 else None]
-  evaluator = evaluator_lib.Evaluator(split, hierarchy, mesh)
+  evaluator = evaluator_lib.Evaluator(detector, mesh)
+  vector_names = ts.vector_names(detector)
+  batch_keys = tuple(detector.batch_keys)
 
   ckpt = checkpointing.Checkpointer(workdir, keep=config.keep_ckpts)
-  meta = {"config": builders.to_dict(config), "data_dir": data_dir, "total_steps": total_steps,
+  meta = {"config": config.to_dict(), "data_dir": data_dir, "total_steps": total_steps,
           "steps_per_epoch": steps_per_epoch}
   start = ckpt.latest_step() or 0
   if start:
@@ -138,13 +140,13 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
     val_it.set_state(data_state["val"])
     logging.info("resumed from step %d in %s", start, workdir)
   writer = writers.MetricWriter(workdir, resume_step=start if start else None)
-  val_cfg = builders.data_config(config, data_dir, "val", train=False, num_nodes=hierarchy.num_nodes)
+  val_cfg = datasets.data_config(config, detector, data_dir, "val", train=False)
 
   def data_state():
     return {"train": train_it.get_state(), "val": val_it.get_state()}
 
   def validate(step):
-    res = evaluator.run(val_cfg, params=state.params, progress=False)
+    res = evaluator.run(val_cfg, detectors.Variables(state.params, state.model_state), progress=False)
     m = {"val/frame_auc": res["frame"]["auc"], "val/frame_acc": res["frame"]["acc"]}
     if res.get("video"):
       m["val/video_auc"] = res["video"]["auc"]
@@ -159,6 +161,7 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   t_log, n_log = time.time(), 0
   metrics_host: dict[str, float] = {}
   tracing = False
+  primary = detector.task_names[0]
   for step in range(start, end):
     if profile and profile[0] <= step < profile[1] and not tracing:  # also when resuming inside the window
       jax.profiler.start_trace(os.path.join(workdir, "profile"))
@@ -166,7 +169,8 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
     # An implicit device-to-host copy here would stall the loop on the device every step: refuse it.
     with jax.profiler.StepTraceAnnotation("train", step_num=step), jax.transfer_guard_device_to_host("disallow"):
       train_b, val_b = next(train_it), next(val_it)
-      state, metrics = compiled_for(step)(state, ts.global_batch(train_b, mesh), ts.global_batch(val_b, mesh))
+      state, metrics = compiled_for(step)(state, ts.global_batch(train_b, mesh, batch_keys),
+                                          ts.global_batch(val_b, mesh, batch_keys))
     n_log += 1
     done = step + 1
     if tracing and (done == profile[1] or done == end):
@@ -174,13 +178,13 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
       jax.profiler.stop_trace()
       tracing = False
     if done % config.log_every == 0 or done == end:
-      metrics_host = _to_host(metrics)  # the only host sync in the loop
+      metrics_host = _to_host(metrics, vector_names)  # the only host sync in the loop
       dt = time.time() - t_log
       metrics_host["steps_per_s"] = n_log / dt
       metrics_host["images_per_s"] = n_log * config.batch_size / dt
       writer.scalars(done, metrics_host)
-      bar.set_postfix({"loss": f"{metrics_host['loss/primary']:.3f}",
-                       "lam": ",".join(f"{metrics_host[f'lambda/{i}']:.2f}" for i in (1, 2, 3)),
+      bar.set_postfix({"loss": f"{metrics_host[f'loss/{primary}']:.3f}",
+                       "lam": ",".join(f"{metrics_host[f'lambda/{n}']:.2f}" for n in detector.task_names),
                        "img/s": f"{metrics_host['images_per_s']:.0f}"})
       t_log, n_log = time.time(), 0
     bar.update(1)
@@ -203,14 +207,13 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   if ckpt.best_value() is not None:
     best_state, _, best_meta = ckpt.restore(state, which="best")
     logging.info("testing the best checkpoint (val AUC %.4f)", ckpt.best_value())
+  best = detectors.Variables(best_state.params, best_state.model_state)
   results, curves = {}, {}
-  for name, (d, split_name, sources) in builders.test_sets(config, data_dir).items():
-    cfg = builders.data_config(config, d, split_name, train=False, num_nodes=hierarchy.num_nodes,
-                               sources=sources)
-    results[name], curves[name] = evaluator.run(cfg, params=best_state.params, progress=progress,
-                                                return_scores=True)
-  export_dir = os.path.join(workdir, "export")
-  builders.export(split, best_state.params, config, export_dir)
+  for name, (d, split_name, sources) in datasets.test_sets(config, data_dir).items():
+    cfg = datasets.data_config(config, detector, d, split_name, train=False, sources=sources)
+    results[name], curves[name] = evaluator.run(cfg, best, progress=progress, return_scores=True)
+  if detector.export is not None:
+    detector.export(best, os.path.join(workdir, "export"), config)
   final = {
       "test/frame_auc": results["test"]["frame"]["auc"],
       "test/video_auc": (results["test"].get("video") or {}).get("auc"),
@@ -243,7 +246,7 @@ def main(argv):
     raise app.UsageError("--workdir is required")
   try:
     final = run(_CONFIG.value, _WORKDIR.value)
-  except builders.ConfigError as e:
+  except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"held-out test frame AUC: {final['test/frame_auc']:.4f}"

@@ -22,11 +22,12 @@ def main():
   sys.path.insert(0, os.path.dirname(__file__))
   import test_train_step as t  # pylint: disable=g-import-not-at-top
   from sjedd_jax import train_step as ts  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.detectors import Variables  # pylint: disable=g-import-not-at-top
 
   assert jax.process_count() == 2 and jax.device_count() == 4
   params, opt, weighting, step = t._setup()
   mesh = ts.data_mesh()
-  state = ts.shard_state(ts.init_state(params, opt, weighting), mesh)
+  state = ts.shard_state(ts.init_state(Variables(params, {}), opt, weighting), mesh)
   fn = ts.compile_train_step(step, mesh)
   rng = np.random.default_rng(0)
   for _ in range(3):

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from sjedd_jax import builders
-from sjedd_jax import config as config_lib
+from sjedd_jax import config as config_lib, detectors, inference
+from sjedd_jax.data import datasets
 from tests.tiny import shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ EXPECTED = {
     "jedd_zero_shot": ({"num_epochs": 0}, {"num_epochs": 0, "total_steps": 0}),
 }
 # configs/jedd_draft.py against the SJEDD configs it builds on (FF++, twin).
-_JEDD_COMMON = {"model.kind": "jedd", "hierarchy": "jedd_draft", "data.label_table": "jedd_draft",
+_JEDD_COMMON = {"detector": "jedd", "hierarchy": "jedd_draft", "data.label_table": "jedd_draft",
                 "model.similarity": "cosine", "model.cosine_tau": 1.0, "model.jedd.levels": 3,
                 "model.jedd.probability": "sigmoid", "model.jedd.contrastive": True, "model.jedd.tokenizer": "",
                 "weighting.kind": "dwa", "weighting.dwa_period": 1}
@@ -112,7 +112,7 @@ def test_cli_loads_a_twin_with_its_argument():
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=fv)
   fv(["prog", f"--config={ABLATIONS}/jedd_bilevel.py:synthetic"])
-  assert fv.config.model.kind == "jedd" and fv.config.weighting.kind == "bilevel"
+  assert fv.config.detector == "jedd" and fv.config.weighting.kind == "bilevel"
   assert fv.config.model.clip == "tiny" and fv.config.model.jedd.token_ids == "placeholder"
 
 
@@ -134,12 +134,12 @@ def compose(cache, *names):
   c = base_of(names[0], "synthetic")
   for name in names:
     for key, value in diff(load(name, "synthetic"), base).items():
-      node = c
-      *path, last = key.split(".")
-      for p in path:
-        node = node[p]
-      node[last] = value
+      config_lib.set_dotted(c, key, value)
   return tiny(c, cache)
+
+
+def hierarchy_of(config):
+  return detectors.get(config.detector).hierarchy_from_config(config)
 
 
 @pytest.fixture(scope="module")
@@ -149,28 +149,28 @@ def cache(tmp_path_factory):
 
 def two_steps(config):
   """Two real training steps (the trainer's compiled step) -> (metrics, params before, params after)."""
-  from sjedd_jax import train, train_step as ts
+  from sjedd_jax import optim, train, train_step as ts
   from sjedd_jax.data import pipeline
   train.enable_compilation_cache(config.compilation_cache_dir)
-  h = builders.hierarchy(config)
-  data_dir = builders.dataset_dir(config, progress=False)
-  cfg = builders.data_config(config, data_dir, "train", train=True, num_nodes=h.num_nodes)
+  det = detectors.make(config)
+  data_dir = datasets.dataset_dir(config, progress=False)
+  cfg = datasets.data_config(config, det, data_dir, "train", train=True)
   data = pipeline.load(cfg)
-  split = builders.split_model(builders.model(config, h), config)
-  schedule = ts.make_schedule(config.optim.schedule, config.optim.lr, total_steps=2,
-                              warmup_steps=config.optim.warmup_steps)
-  opt = ts.model_optimizer(schedule, config.optim.weight_decay)
-  weighting = builders.weighting(config, steps_per_epoch=1)
-  step = ts.make_train_step(ts.make_task_losses_fn(split.scores_fn, h, config.loss), weighting, opt, schedule,
-                            config.optim.weight_decay)
+  variables = det.init(config.seed)
+  schedule = optim.make_schedule(config.optim.schedule, config.optim.lr, total_steps=2,
+                                 warmup_steps=config.optim.warmup_steps)
+  opt = optim.adamw(schedule, config.optim.weight_decay)
+  weighting = ts.weighting_from_config(config, det, steps_per_epoch=1)
+  step = ts.make_train_step(det, weighting, opt, schedule, config.optim.weight_decay)
   mesh = ts.data_mesh()
-  state = ts.shard_state(ts.init_state(split.params, opt, weighting), mesh)
+  state = ts.shard_state(ts.init_state(variables, opt, weighting), mesh)
   before = jax.device_get(state.params)
   compiled = ts.compile_train_step(step, mesh)
   train_it, val_it = pipeline.train_streams(cfg, data)
   out = []
   for _ in range(2):
-    state, m = compiled(state, ts.global_batch(next(train_it), mesh), ts.global_batch(next(val_it), mesh))
+    state, m = compiled(state, ts.global_batch(next(train_it), mesh, det.batch_keys),
+                        ts.global_batch(next(val_it), mesh, det.batch_keys))
     out.append(jax.device_get(m))
   return out, before, jax.device_get(state.params), data
 
@@ -220,36 +220,38 @@ def test_two_training_steps(run, cache):
     assert not np.allclose(lam[-1], 1.0) and np.any(metrics[-1]["hypergradient"] != 0)
   if "jedd_binary" in names:
     assert metrics[0]["loss/global"] == 0 and metrics[0]["loss/local"] == 0
-    assert builders.hierarchy(config).nodes == ("fake",)
+    assert hierarchy_of(config).nodes == ("fake",)
   if "jedd_vit_b16" in names:
-    assert builders.model(config, builders.hierarchy(config)).clip.config.patch_size == 4
+    det = detectors.make(config)
+    assert det.bind(*det.init(config.seed)).clip.config.patch_size == 4
 
 
 def test_data_switches(cache):
   from sjedd_jax.data import pipeline
   base = compose(cache, "no_augmentation")
   base.data.exclude_expansion = False
-  d = builders.dataset_dir(base, progress=False)
-  full = {r.source for r in pipeline.load(builders.data_config(base, d, "train", train=True, num_nodes=10)).records}
+  d = datasets.dataset_dir(base, progress=False)
+  full = {r.source for r in pipeline.load(datasets.data_config(base, detectors.make(base), d, "train",
+                                                               train=True)).records}
   assert {"aug_eye", "aug_lip_mouth", "aug_nose"} <= full
   c = compose(cache, "no_relabelling")
-  data_cfg = builders.data_config(c, d, "train", train=True, num_nodes=10)
+  data_cfg = datasets.data_config(c, detectors.make(c), d, "train", train=True)
   ex = pipeline.LoadExample(pipeline.load(data_cfg), data_cfg, train=False)
-  assert ex.mask[:, 1:].sum() == 0 and ex.mask[:, 0].all()
+  assert ex.labels["observed"][:, 1:].sum() == 0 and ex.labels["observed"][:, 0].all()
   # The JEDD draft's label table reaches the pipeline, column by node name.
   j = compose(cache, "jedd_two_levels")
-  h = builders.hierarchy(j)
-  data_cfg = builders.data_config(j, d, "train", train=True, num_nodes=h.num_nodes)
+  data_cfg = datasets.data_config(j, detectors.make(j), d, "train", train=True)
   data = pipeline.load(data_cfg)
   ex = pipeline.LoadExample(data, data_cfg, train=False)
   i = [r.source for r in data.records].index("NeuralTextures")
-  assert ex.y[i].tolist() == [1, 1, 0, 1] and ex.mask[i].tolist() == [1, 1, 1, 1]
+  assert ex.labels["y"][i].tolist() == [1, 1, 0, 1] and ex.labels["observed"][i].tolist() == [1, 1, 1, 1]
   k = [r.source for r in data.records].index("aug_eye")
-  assert ex.mask[k].tolist() == [1, 0, 1, 1]
+  assert ex.labels["observed"][k].tolist() == [1, 0, 1, 1]
   # X-ray blends are trained on and left out of every evaluation.
   x = compose(cache, "xray")
-  dx = builders.dataset_dir(x, progress=False)
-  test_sources = {r.source for r in pipeline.load(builders.data_config(x, dx, "test", train=False, num_nodes=10)).records}
+  dx = datasets.dataset_dir(x, progress=False)
+  test_sources = {r.source for r in pipeline.load(datasets.data_config(x, detectors.make(x), dx, "test",
+                                                                       train=False)).records}
   assert "xray" not in test_sources and "real" in test_sources
 
 
@@ -262,13 +264,12 @@ def test_jedd_draft_trains_evaluates_and_exports(cache, tmp_path):
   assert metrics["test/frame_auc"] == final["test/frame_auc"]
   export = tmp_path / "jedd" / "export"
   assert (export / "jedd.json").exists()
-  reloaded = builders.load_export(str(export))
-  split, params = builders.load_for_inference(config, builders.hierarchy(config), str(tmp_path / "jedd"), "best")
+  reloaded, reloaded_vars = detectors.load_export(str(export))
+  det, variables = inference.load(config=config, workdir=str(tmp_path / "jedd"), checkpoint="best")
   images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-  from flax import nnx
-  model = nnx.merge(split.graphdef, params, split.rest)
-  np.testing.assert_allclose(reloaded.marginals(images), model.marginals(images), atol=1e-5)
-  assert reloaded.token_ids_source == "placeholder"
+  np.testing.assert_allclose(reloaded.predict(*reloaded_vars, images)["marginals"],
+                             det.predict(*variables, images)["marginals"], atol=1e-5)
+  assert reloaded.bind(*reloaded_vars).token_ids_source == "placeholder"
 
 
 def test_zero_shot_evaluates_the_model_as_built(cache, tmp_path):
@@ -278,7 +279,8 @@ def test_zero_shot_evaluates_the_model_as_built(cache, tmp_path):
   final = train.run(config, str(tmp_path / "zero"), progress=False)
   assert final["steps"] == 0 and 0.0 <= final["test/frame_auc"] <= 1.0
   assert json.load(open(tmp_path / "zero" / "metrics.json"))["test/frame_auc"] == final["test/frame_auc"]
-  exported = builders.load_export(str(tmp_path / "zero" / "export"))
-  built = builders.model(config, builders.hierarchy(config))
+  exported, exported_vars = detectors.load_export(str(tmp_path / "zero" / "export"))
+  built = detectors.make(config)
   images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-  np.testing.assert_allclose(exported.marginals(images), built.marginals(images), atol=1e-6)
+  np.testing.assert_allclose(exported.predict(*exported_vars, images)["marginals"],
+                             built.predict(*built.init(config.seed), images)["marginals"], atol=1e-6)

@@ -200,3 +200,116 @@ def test_dwa_state_can_be_donated():
   w = bilevel.dwa(3)
   f = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
   jax.block_until_ready(f(w.init()))   # fails if two fields share one buffer
+
+
+# --------------------------------------------------------------- lr pytree, nonneg, model state, dropout
+def test_lr_pytree_closed_form_and_frozen_group():
+  """Per-group learning rates: the hypergradient follows lr * d leaf by leaf; lr 0 freezes a group."""
+  A, a_tr, a_va, theta = quadratic_problem(2)
+  lam = np.array([1.0, 0.5, 2.0])
+  wd = 0.01
+  lr_vec = np.array([0.1] * 3 + [0.0] * 3)           # second half frozen
+  th = theta["w"]
+  grads = np.einsum("tij,tj->ti", A, th[None] - a_tr)
+  g = (lam[:, None] * grads).sum(0)
+  th_v = th - lr_vec * (g + wd * th)
+  d = np.einsum("ij,j->i", A[0], th_v - a_va[0])
+  expected = -grads @ (lr_vec * d)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  tr = {"A": f32(A), "a": f32(a_tr)}
+  va = {"A": f32(A), "a": f32(a_va)}
+
+  def split_losses(p, b):
+    return quad_losses({"w": jnp.concatenate([p["a"], p["b"]])}, b)
+
+  params = {"a": f32(th[:3]), "b": f32(th[3:])}
+  for method in ("finite_difference", "jvp"):
+    hg = bilevel.hypergradient(split_losses, params, f32(lam), tr, va, lr={"a": 0.1, "b": 0.0},
+                               weight_decay=wd, method=method)
+    np.testing.assert_allclose(hg, expected, rtol=2e-3, atol=1e-6, err_msg=method)
+  # A pytree of equal rates is the scalar case.
+  same = bilevel.hypergradient(split_losses, params, f32(lam), tr, va, lr={"a": 0.1, "b": 0.1},
+                               weight_decay=wd, method="jvp")
+  scalar = bilevel.hypergradient(split_losses, params, f32(lam), tr, va, lr=0.1, weight_decay=wd, method="jvp")
+  np.testing.assert_allclose(same, scalar, rtol=1e-5, atol=1e-7)
+
+
+def test_nonneg_projection():
+  A, a_tr, a_va, theta = quadratic_problem(3)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  tr = {"A": f32(A), "a": f32(a_tr)}
+  va = {"A": f32(A), "a": f32(a_va)}
+  params = {"w": f32(theta["w"])}
+  lams = {}
+  for nonneg in (False, True):
+    w = bilevel.auto_lambda(3, optimizer=optax.sgd(1e4), nonneg=nonneg, method="jvp")
+    _, state, info = w.step(w.init(), quad_losses, params, tr, va, lr=0.1)
+    lams[nonneg] = np.asarray(state.lam)
+  assert lams[False].min() < 0, lams  # this step pushes a weight below zero...
+  np.testing.assert_array_equal(lams[True], np.maximum(lams[False], 0.0))  # ...which nonneg projects to 0
+
+
+class _BNDropoutNet:
+  """A two-layer net with BatchNorm and dropout in NNX, used as a pure function (params, state, batch)."""
+
+  @staticmethod
+  def build():
+    from flax import nnx
+    from sjedd_jax.backbones import layers
+
+    class Net(nnx.Module):
+      def __init__(self, rngs):
+        self.l1 = nnx.Linear(6, 16, rngs=rngs)
+        self.bn = layers.BatchNorm(16)
+        self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+      def __call__(self, x, train, rng):
+        h = jax.nn.relu(self.bn(self.l1(x), train))
+        return self.l2(layers.dropout(h, 0.3, rng, train))
+
+    return nnx.split(Net(nnx.Rngs(0)), nnx.Param, ...)
+
+  @staticmethod
+  def task_losses_fn(graphdef, state):
+    from flax import nnx
+
+    def fn(params, batch):
+      model = nnx.merge(graphdef, params, state, copy=True)
+      out = model(batch["x"], True, batch["rng"])
+      losses = jnp.mean((out - batch["y"]) ** 2, axis=0)
+      return losses, {"state": nnx.state(model, nnx.BatchStat)}
+
+    return fn
+
+
+def _bn_batches(seed):
+  rng = np.random.default_rng(seed)
+  mk = lambda: {"x": jnp.asarray(rng.normal(size=(16, 6)), jnp.float32),
+                "y": jnp.asarray(rng.normal(size=(16, 3)), jnp.float32)}
+  return mk(), mk()
+
+
+def test_batchnorm_state_comes_from_theta_and_dropout_key_is_shared():
+  from flax import nnx
+  graphdef, params, state = _BNDropoutNet.build()
+  fn = _BNDropoutNet.task_losses_fn(graphdef, state)
+  tr, va = _bn_batches(0)
+  key_t, key_v = jax.random.split(jax.random.key(7))
+  tr, va = {**tr, "rng": key_t}, {**va, "rng": key_v}
+  out = {}
+  for method in ("finite_difference", "jvp"):
+    w = bilevel.auto_lambda(3, method=method, has_aux=True, radius=1e-3)
+    _, _, info = jax.jit(lambda p, b, v, w=w: w.step(w.init(), fn, p, b, v, lr=0.05))(params, tr, va)
+    out[method] = info
+  # The running statistics returned are those of ONE training forward at theta, on the training batch.
+  model = nnx.merge(graphdef, params, state, copy=True)
+  model(tr["x"], True, tr["rng"])
+  want = nnx.state(model, nnx.BatchStat)
+  for m in out.values():
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), m["aux"]["state"], want)
+  before = jax.tree.leaves(state)
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(want), before))  # they did move
+  # With one key for every evaluation, the finite difference is the directional derivative (not noise).
+  fd, jv = np.asarray(out["finite_difference"]["hypergradient"]), np.asarray(out["jvp"]["hypergradient"])
+  assert np.abs(jv).min() > 1e-6
+  np.testing.assert_allclose(fd, jv, rtol=2e-2, atol=2e-2 * np.abs(jv).max())

@@ -11,10 +11,11 @@ import torch
 import transformers
 from flax import nnx
 
-from sjedd_jax import checkpoints, templates
-from sjedd_jax.models import clip as clip_lib
-from sjedd_jax.models import params as params_lib
-from sjedd_jax.models import sjedd
+from sjedd_jax.backbones.clip import checkpoints
+from sjedd_jax.detectors.sjedd import templates
+from sjedd_jax.backbones.clip import modeling as clip_lib
+from sjedd_jax.backbones.clip import params as params_lib
+from sjedd_jax.detectors.sjedd import model as sjedd
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "scripts"))
 import convert_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position

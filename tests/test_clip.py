@@ -15,9 +15,10 @@ import torch
 import transformers
 from flax import nnx
 
-from sjedd_jax import checkpoints, templates
-from sjedd_jax.models import clip as clip_lib
-from sjedd_jax.models import params as params_lib
+from sjedd_jax.backbones.clip import checkpoints
+from sjedd_jax.detectors.sjedd import templates
+from sjedd_jax.backbones.clip import modeling as clip_lib
+from sjedd_jax.backbones.clip import params as params_lib
 
 ATOL = 1e-5
 

@@ -7,12 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-from sjedd_jax import builders, config as config_lib, labels, train_step as ts
-from sjedd_jax.models import clip as clip_lib
+from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
+from sjedd_jax.detectors.sjedd import labels
+from sjedd_jax.backbones.clip import modeling as clip_lib
 
 
 def _config(kind="sjedd", compact=False):
-  c = config_lib.base_config()
+  c = config_lib.base_config("sjedd")
   c.model.clip, c.model.pretrained, c.model.compact_vocab = "test", "", compact
   if kind == "jedd":
     c = config_lib.load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "jedd_draft.py"), "synthetic")
@@ -28,26 +29,26 @@ def _batch(rng, n, b=4):
     y, mask = np.stack(ys), np.stack(ms)
   else:        # another graph (the draft's): any 0/1 labels, all observed
     y, mask = rng.integers(0, 2, (b, n)).astype(np.float32), np.ones((b, n), np.float32)
-  return {"image": rng.normal(size=(b, 32, 32, 3)).astype(np.float32), "y": y, "mask": mask}
+  return {"image": rng.normal(size=(b, 32, 32, 3)).astype(np.float32), "y": y, "observed": mask}
 
 
 def _train(c, steps=2):
-  h = builders.hierarchy(c)
-  split = builders.split_model(builders.model(c, h))
-  fn = ts.make_task_losses_fn(split.scores_fn, h, c.loss)
+  det = detectors.make(c)
+  variables = det.init(c.seed)
+  h = det.bind(*variables).hierarchy
   sched = optax.constant_schedule(1e-3)
-  opt = ts.model_optimizer(sched, 1e-3)
+  opt = optim.adamw(sched, 1e-3)
   # The exact JVP hypergradient: finite differences of two nearly equal losses would make the
   # comparison one of rounding noise (two programs round differently).
   weighting = ts.make_weighting("bilevel", lam_lr=1e-2, method="jvp")
-  step = jax.jit(ts.make_train_step(fn, weighting, opt, sched, 1e-3))
-  state = ts.init_state(split.params, opt, weighting)
+  step = jax.jit(ts.make_train_step(det, weighting, opt, sched, 1e-3))
+  state = ts.init_state(variables, opt, weighting)
   rng = np.random.default_rng(0)
   metrics = []
   for _ in range(steps):
     state, m = step(state, _batch(rng, h.num_nodes), _batch(rng, h.num_nodes))
     metrics.append(jax.device_get(m))
-  return split, state, metrics
+  return det.bind(*variables), variables, state, metrics
 
 
 def test_restrict_vocabulary_keeps_the_text_embeddings():
@@ -63,10 +64,10 @@ def test_restrict_vocabulary_keeps_the_text_embeddings():
 
 @pytest.mark.parametrize("kind", ["sjedd", "jedd"])
 def test_compact_vocab_trains_exactly_like_the_full_table(kind):
-  full_split, full, full_m = _train(_config(kind))
-  small_split, small, small_m = _train(_config(kind, compact=True))
-  n_full = sum(x.size for x in jax.tree.leaves(full_split.params))
-  n_small = sum(x.size for x in jax.tree.leaves(small_split.params))
+  full_model, full_vars, full, full_m = _train(_config(kind))
+  _, small_vars, small, small_m = _train(_config(kind, compact=True))
+  n_full = sum(x.size for x in jax.tree.leaves(full_vars.params))
+  n_small = sum(x.size for x in jax.tree.leaves(small_vars.params))
   assert n_small < n_full - 40000 * 32  # the 49408-row table is gone
   for a, b in zip(full_m, small_m):
     for k in ("loss/primary", "loss/global", "loss/local", "lambda", "hypergradient", "grad_norm"):
@@ -75,7 +76,7 @@ def test_compact_vocab_trains_exactly_like_the_full_table(kind):
   flat_full = dict(jax.tree_util.tree_flatten_with_path(jax.device_get(full.params))[0])
   flat_small = dict(jax.tree_util.tree_flatten_with_path(jax.device_get(small.params))[0])
   assert flat_full.keys() == flat_small.keys()
-  ids_full = np.asarray(full_split.model.template_ids)
+  ids_full = np.asarray(full_model.template_ids)
   kept = np.concatenate([[0], np.unique(ids_full[ids_full > 0])])
   for path, a in flat_full.items():
     b = flat_small[path]
@@ -86,9 +87,10 @@ def test_compact_vocab_trains_exactly_like_the_full_table(kind):
 
 def test_compact_vocab_export_round_trip(tmp_path):
   c = _config(compact=True)
-  h = builders.hierarchy(c)
-  split = builders.split_model(builders.model(c, h))
-  builders.export(split, split.params, c, str(tmp_path / "export"))
-  loaded = builders.load_export(str(tmp_path / "export"))
+  det = detectors.make(c)
+  variables = det.init(c.seed)
+  det.export(variables, str(tmp_path / "export"), c)
+  loaded, loaded_vars = detectors.load_export(str(tmp_path / "export"))
   x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(loaded.marginals(x)), np.asarray(split.model.marginals(x)), atol=1e-6)
+  np.testing.assert_allclose(np.asarray(loaded.predict(*loaded_vars, x)["marginals"]),
+                             np.asarray(det.predict(*variables, x)["marginals"]), atol=1e-6)

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sjedd_jax import labels as labels_lib
+from sjedd_jax.detectors.sjedd import labels as labels_lib
+from sjedd_jax.detectors import sjedd as sjedd_det
 from sjedd_jax.data import expand
 from sjedd_jax.data import manifest
 from sjedd_jax.data import regions as regions_lib
@@ -152,7 +153,7 @@ def test_counts_labels_and_layout(world, expanded):
   assert len(recs) == len(orig) + 3 * sum(r.source == "Deepfakes" for r in orig)
   for r in recs:
     assert os.path.exists(os.path.join(out, r.path))
-    y, mask = manifest.label_of(r)
+    y, mask = sjedd_det.record_label(r)
     if r.source in labels_lib.AUG_SOURCES:
       ref = labels_lib.ffpp_label(r.source)
       np.testing.assert_array_equal(y, ref[0])
@@ -195,7 +196,7 @@ def test_xray_mode_binary_labels(world, tmp_path):
   xr = [r for r in recs if r.source == expand.XRAY_SOURCE]
   assert len(xr) == 3 * 12 and not any(r.source in labels_lib.AUG_SOURCES for r in recs)
   for r in xr:
-    y, mask = manifest.label_of(r)
+    y, mask = sjedd_det.record_label(r)
     assert y[0] == 1 and mask[0] == 1 and mask[1:].sum() == 0 and r.method == "xray"
   # Face X-ray sources are real faces only.
   jobs = expand.plan(manifest.read(world), world, mode="xray", per_region=12, image_size=SIZE)

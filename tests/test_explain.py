@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from sjedd_jax import explain as ex
-from sjedd_jax import hierarchy, labels
+from sjedd_jax.detectors.sjedd import explain as ex
+from sjedd_jax.detectors.sjedd import hierarchy
+from sjedd_jax.detectors.sjedd import labels
 
 H = hierarchy.ffpp()
 

@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 import test_preprocess_data as tp
-from sjedd_jax import labels
+from sjedd_jax.detectors.sjedd import labels
+from sjedd_jax.detectors import sjedd as sjedd_det
 from sjedd_jax.data import expand, faces, manifest, preprocess, synthetic
 
 
@@ -48,7 +49,7 @@ def test_preprocess_then_expand(tmp_path):
   assert {r.source for r in made} == set(labels.AUG_SOURCES)
   for r in made:
     assert r.is_fake == 1 and os.path.exists(os.path.join(out, r.path))
-    y, mask = manifest.label_of(r)
+    y, mask = sjedd_det.record_label(r)
     ref_y, ref_mask = labels.ffpp_label(r.source)
     np.testing.assert_array_equal(y, ref_y)
     np.testing.assert_array_equal(mask, ref_mask)

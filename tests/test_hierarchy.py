@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from sjedd_jax import hierarchy as H
+from sjedd_jax.detectors.sjedd import hierarchy as H
 
 
 def brute_force_states(nodes, edges, root, root_requires_child=False):

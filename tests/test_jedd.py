@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sjedd_jax import hierarchy as hierarchy_lib
-from sjedd_jax import templates as templates_lib
-from sjedd_jax.models import jedd
+from sjedd_jax.detectors.sjedd import hierarchy as hierarchy_lib
+from sjedd_jax.detectors.sjedd import templates as templates_lib
+from sjedd_jax.detectors.jedd import model as jedd
 
 
 def test_spec_word_ids_reproduce_the_spec_templates():
@@ -92,7 +92,7 @@ def test_probabilities():
 
 @pytest.fixture(scope="module")
 def clip():
-  from sjedd_jax.models import clip as clip_lib
+  from sjedd_jax.backbones.clip import modeling as clip_lib
   return clip_lib.CLIP(clip_lib.get_config("test"), rngs=nnx.Rngs(0))
 
 
@@ -116,7 +116,7 @@ def test_scores_are_cosine_differences_of_prompt_pairs(clip):
 
 
 def test_frozen_text_tower_is_left_out_of_the_trainable_params(clip):
-  from sjedd_jax.models import sjedd
+  from sjedd_jax.detectors.sjedd import model as sjedd
   m = jedd.JEDD(clip, jedd.graph(levels=1), token_ids_source="placeholder", freeze_text=True)
   _, params, rest = sjedd.split(m)
   paths = ["/".join(map(str, p)) for p, _ in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]]
@@ -126,12 +126,12 @@ def test_frozen_text_tower_is_left_out_of_the_trainable_params(clip):
 
 def test_placeholder_ids_refused_with_pretrained_weights(tmp_path):
   from configs import jedd_draft
-  from sjedd_jax import builders
+  from sjedd_jax import config as config_lib, detectors
   c = jedd_draft.get_config("synthetic")
   c.model.pretrained = str(tmp_path)     # any existing path: refused before loading
-  with pytest.raises(builders.ConfigError, match="placeholder"):
-    builders.model(c, builders.hierarchy(c))
+  with pytest.raises(config_lib.ConfigError, match="placeholder"):
+    detectors.make(c)
   c = jedd_draft.get_config()              # FF++ recipe, no tokenizer: a clear error
   c.model.clip = "test"
-  with pytest.raises(builders.ConfigError, match="need CLIP's tokenizer"):
-    builders.model(c, builders.hierarchy(c))
+  with pytest.raises(config_lib.ConfigError, match="need CLIP's tokenizer"):
+    detectors.make(c).init(c.seed)

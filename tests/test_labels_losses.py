@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sjedd_jax import hierarchy, labels, losses
+from sjedd_jax.detectors.sjedd import hierarchy
+from sjedd_jax.detectors.sjedd import labels
+from sjedd_jax.detectors.sjedd import losses
 
 
 def test_table_i_rows():

@@ -10,6 +10,7 @@ import numpy as np
 
 import test_train_step as t
 from sjedd_jax import train_step as ts
+from sjedd_jax.detectors import Variables
 
 
 def _free_port():
@@ -31,7 +32,7 @@ def test_two_processes_equal_one(tmp_path):
 
   params, opt, weighting, step = t._setup()
   mesh = ts.data_mesh(jax.devices()[:1])
-  state = ts.shard_state(ts.init_state(params, opt, weighting), mesh)
+  state = ts.shard_state(ts.init_state(Variables(params, {}), opt, weighting), mesh)
   fn = ts.compile_train_step(step, mesh)
   rng = np.random.default_rng(0)
   for _ in range(3):

@@ -16,10 +16,14 @@ import optax
 import pytest
 from flax import nnx
 
-from sjedd_jax import labels, naive_step, train_step as ts
-from sjedd_jax.models import clip as clip_lib
-from sjedd_jax.models import params as params_lib
-from sjedd_jax.models import sjedd
+from sjedd_jax import optim, train_step as ts
+from sjedd_jax.detectors import Variables
+from sjedd_jax.detectors import sjedd as sjedd_det
+from sjedd_jax.detectors.sjedd import labels
+from benchmarks import naive_step
+from sjedd_jax.backbones.clip import modeling as clip_lib
+from sjedd_jax.backbones.clip import params as params_lib
+from sjedd_jax.detectors.sjedd import model as sjedd
 
 LR, WD = 5e-2, 1e-3
 SIZE = 16
@@ -41,7 +45,7 @@ def _batch(rng, b=6, size=SIZE):
   sources = np.asarray(labels.SOURCES)[rng.permutation(len(labels.SOURCES))[:b] % len(labels.SOURCES)]
   ys, ms = zip(*[labels.ffpp_label(s) for s in sources])
   return {"image": jnp.asarray(rng.normal(size=(b, size, size, 3)).astype(np.float32)),
-          "y": jnp.asarray(np.stack(ys)), "mask": jnp.asarray(np.stack(ms))}
+          "y": jnp.asarray(np.stack(ys)), "observed": jnp.asarray(np.stack(ms))}
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +56,25 @@ def setup():
   rng = np.random.default_rng(0)
   train_b, val_b = _batch(rng), _batch(rng)
   sched = optax.constant_schedule(LR)
-  opt = ts.model_optimizer(sched, WD)
+  opt = optim.adamw(sched, WD)
 
   def losses_fn(model):
-    g, params, rest = sjedd.split(model)
-    return ts.make_task_losses_fn(sjedd.scores_fn(g, rest), model.hierarchy), params
+    det, variables = sjedd_det.from_module(model)
+    return det, ts.detector_losses_fn(det, variables.state), variables
 
-  fast_fn, params = losses_fn(fast)
-  naive_fn, params_n = losses_fn(naive_model)
+  fast_det, fast_fn, fast_vars = losses_fn(fast)
+  _, naive_fn, naive_vars = losses_fn(naive_model)
+  params, params_n = fast_vars.params, naive_vars.params
   assert jax.tree.structure(params) == jax.tree.structure(params_n)
   weighting = naive_step.lambda_weighting(lam_lr=1e-2)
 
   def fresh_state():
-    return ts.init_state(jax.tree.map(jnp.copy, params), opt, weighting)
+    return ts.init_state(Variables(jax.tree.map(jnp.copy, params), fast_vars.state), opt, weighting)
 
   out = {}
   for method in ("finite_difference", "jvp"):
     w = ts.make_weighting("bilevel", lam_lr=1e-2, method=method)
-    step = jax.jit(ts.make_train_step(fast_fn, w, opt, sched, WD), compiler_options=FAST_COMPILE)
+    step = jax.jit(ts.make_train_step(fast_det, w, opt, sched, WD), compiler_options=FAST_COMPILE)
     out[f"fused_{method}"] = step(fresh_state(), train_b, val_b)
   fresh = jax.jit(naive_step.make_fresh_step(fast_fn, opt, sched, WD, lam_lr=1e-2),
                   compiler_options=FAST_COMPILE)
@@ -115,23 +120,23 @@ def test_same_losses_hypergradient_and_lambda_as_naive(setup, mode):
 
 def test_fd_batched_same_numbers():
   """The two finite-difference forwards as one vmapped pass give the same hypergradient."""
-  from sjedd_jax import hierarchy  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.detectors.sjedd import hierarchy  # pylint: disable=g-import-not-at-top
 
   def scores(params, images):
     return jnp.tanh(images.reshape(images.shape[0], -1) @ params["w1"]) @ params["w2"]
 
   k1, k2 = jax.random.split(jax.random.PRNGKey(0))
   params = {"w1": jax.random.normal(k1, (48, 16)) * 0.3, "w2": jax.random.normal(k2, (16, 10))}
-  fn = ts.make_task_losses_fn(scores, hierarchy.ffpp())
+  fn = ts.detector_losses_fn(sjedd_det.scores_detector(scores, hierarchy.ffpp()), {})
   sched = optax.constant_schedule(0.1)
-  opt = ts.model_optimizer(sched, WD)
+  opt = optim.adamw(sched, WD)
   rng = np.random.default_rng(3)
   tb, vb = _batch(rng, 8, 4), _batch(rng, 8, 4)
   out = []
   for batched in (False, True):
     step = jax.jit(naive_step.make_fresh_step(fn, opt, sched, WD, fd_batched=batched),
                    compiler_options=FAST_COMPILE)
-    out.append(jax.device_get(step(ts.init_state(params, opt, naive_step.lambda_weighting()), tb, vb)[1]))
+    out.append(jax.device_get(step(ts.init_state(Variables(params, {}), opt, naive_step.lambda_weighting()), tb, vb)[1]))
   assert np.abs(out[0]["hypergradient"]).min() > 1e-5
   # The batched matmuls sum in another order: the losses differ by float32 rounding
   # (~1e-7), which the finite difference divides by 2 eps (here ~1e-3 relative).

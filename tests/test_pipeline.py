@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 from sjedd_jax.data import manifest, pipeline, videos
+from sjedd_jax.detectors import sjedd as sjedd_det
+from sjedd_jax.detectors.sjedd import hierarchy
+
+LABELS = sjedd_det.make_label_fn(hierarchy.FFPP_NODES)   # SJEDD's: Table I rows, N/A unobserved
 
 SOURCES = ["real", "Deepfakes", "Face2Face", "aug_eye", "real", "NeuralTextures"]
 N = 24
@@ -33,6 +37,7 @@ def data_dir(tmp_path_factory):
 
 def cfg_for(data_dir, **kw):
   kw.setdefault("batch_size", 4)
+  kw.setdefault("label_fn", LABELS)
   return pipeline.DataConfig(data_dir=data_dir, image_size=16, **kw)
 
 
@@ -54,30 +59,34 @@ def test_batches_and_labels(data_dir):
   assert len(data) == N and len(data.video_ids) == N // 3
   b = next(iter(pipeline.train_dataset(cfg, data)))
   assert b["image"].shape == (4, 16, 16, 3) and b["image"].dtype == np.float32
-  assert b["y"].shape == b["mask"].shape == (4, 10) and b["y"].dtype == np.float32
+  assert b["y"].shape == b["observed"].shape == (4, 10) and b["y"].dtype == np.float32
   for k in ("is_fake", "video", "index"):
     assert b[k].shape == (4,) and b[k].dtype == np.int32, k
   assert "valid" not in b
   for j, i in enumerate(b["index"]):
     r = data.records[i]
-    y, mask = manifest.label_of(r)
-    np.testing.assert_array_equal(b["y"][j], y)
-    np.testing.assert_array_equal(b["mask"][j], mask)
+    want = LABELS(r)
+    np.testing.assert_array_equal(b["y"][j], want["y"])
+    np.testing.assert_array_equal(b["observed"][j], want["observed"])
     assert b["is_fake"][j] == r.is_fake and data.video_ids[b["video"][j]] == r.video_id
   # Options: release labels (N/A as 0, all observed) and the binary-only ablation.
-  b0 = next(iter(pipeline.train_dataset(dataclasses.replace(cfg, unobserved_as_zero=True), data)))
-  assert (b0["mask"] == 1).all()
-  b1 = next(iter(pipeline.train_dataset(dataclasses.replace(cfg, binary_only=True), data)))
-  assert (b1["mask"][:, 1:] == 0).all() and (b1["y"][:, 0] == b1["is_fake"]).all()
+  nodes = hierarchy.FFPP_NODES
+  b0 = next(iter(pipeline.train_dataset(
+      dataclasses.replace(cfg, label_fn=sjedd_det.make_label_fn(nodes, unobserved_as_zero=True)), data)))
+  assert (b0["observed"] == 1).all()
+  b1 = next(iter(pipeline.train_dataset(
+      dataclasses.replace(cfg, label_fn=sjedd_det.make_label_fn(nodes, binary_only=True)), data)))
+  assert (b1["observed"][:, 1:] == 0).all() and (b1["y"][:, 0] == b1["is_fake"]).all()
 
 
 def test_unperturbed_image_is_the_clip_preprocessed_file(data_dir):
-  from sjedd_jax import preprocess
+  from sjedd_jax.backbones import clip as clip_backbone
+  from sjedd_jax.data import model_input
   cfg = cfg_for(data_dir, perturb_probability=0.0)
   data = pipeline.load(cfg)
   b = next(iter(pipeline.train_dataset(cfg, data)))
   i = b["index"][0]
-  want = preprocess.preprocess_np(videos.read_image(os.path.join(data_dir, data.records[i].path)), 16)
+  want = model_input.preprocess_np(videos.read_image(os.path.join(data_dir, data.records[i].path)), 16, clip_backbone.MEAN, clip_backbone.STD)
   np.testing.assert_allclose(b["image"][0], want, atol=1e-6)
 
 
@@ -215,9 +224,7 @@ def test_tfds_arrayrecord_builder(data_dir, tmp_path):
   for ex in grain.MapDataset.source(src):
     r = recs[ex["index"]]
     np.testing.assert_array_equal(ex["image"], videos.read_image(os.path.join(data_dir, r.path)))
-    y, mask = manifest.label_of(r)
-    np.testing.assert_array_equal(ex["y"], y)
-    np.testing.assert_array_equal(ex["mask"], mask)
+    assert "y" not in ex and ex["source"].decode() == r.source   # records, not a detector's targets
     assert ex["video_id"].decode() == r.video_id and ex["is_fake"] == r.is_fake
 
 

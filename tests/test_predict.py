@@ -1,7 +1,7 @@
 """predict: images, videos and folders -> P(fake), marginals, explanations; errors per file.
 
-The model is a random-weight "test" SJEDD written with ``builders.export`` and read
-back with ``load_export`` (what ``--export`` does). Faces are bright squares found
+The model is a random-weight "test" SJEDD written with the detector's ``export`` and
+read back with ``detectors.load_export`` (what ``--export`` does). Faces are bright squares found
 by a stand-in detector, except in the dlib test (skimage's astronaut).
 """
 
@@ -18,9 +18,12 @@ import pytest
 import skimage.data
 from flax import nnx
 
-from sjedd_jax import builders, predict, preprocess as clip_preprocess
+from sjedd_jax import config as config_lib, predict
+from sjedd_jax.detectors import sjedd as sjedd_det
+from sjedd_jax.backbones import clip as clip_backbone
+from sjedd_jax.data import model_input
 from sjedd_jax.data import faces, videos
-from sjedd_jax.models import sjedd
+from sjedd_jax.detectors.sjedd import model as sjedd
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,10 +59,10 @@ _own_marginals_fn = nnx.jit(lambda m, x: m.marginals(x))
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("export") / "export")
-  split = builders.split_model(random_test_model())
-  builders.export(split, split.params, {"note": "test"}, d)
-  split, params, hierarchy = predict.load_model(export=d)
-  return d, split, params, hierarchy, predict.Predictor(split, params, hierarchy, batch_size=4)
+  sjedd_det.export(random_test_model(), d, {"note": "test"})
+  detector, variables = predict.load_model(export=d)
+  module = detector.bind(*variables)
+  return d, (detector, variables), module, module.hierarchy, predict.Predictor(detector, variables, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +84,16 @@ def inputs(tmp_path_factory):
   return root
 
 
-def own_marginals(split, frame, detector, size):
+def own_marginals(module, frame, detector, size):
   crop, _ = faces.crop_face(frame, detector(frame), scale=1.3, size=317)
-  x = clip_preprocess.preprocess_np(crop, size)[None]
-  return np.asarray(_own_marginals_fn(split.model, jnp.asarray(x)))[0]
+  x = model_input.preprocess_np(crop, size, clip_backbone.MEAN, clip_backbone.STD)[None]
+  return np.asarray(_own_marginals_fn(module, jnp.asarray(x)))[0]
 
 
 def test_folder_images_video_and_errors(model, inputs, tmp_path):
-  _, split, params, h, pred = model
+  _, (det_, variables), module, h, pred = model
   streamed = []
-  res = predict.predict_files(split, params, h, [str(inputs)], detector=square_detector, num_frames=4,
+  res = predict.predict_files(det_, variables, [str(inputs)], face_detector=square_detector, num_frames=4,
                               plots_dir=str(tmp_path / "plots"), progress=False, on_result=streamed.append,
                               predictor=pred)
   names = [os.path.relpath(r["path"], inputs) for r in res]
@@ -107,7 +110,7 @@ def test_folder_images_video_and_errors(model, inputs, tmp_path):
   assert good["fake"] == (good["p_fake"] > 0.5) and good["num_faces"] == 1
   assert good["explanation"].startswith("The face image is " + ("fake" if good["fake"] else "real"))
   assert good["box"] == [25.0, 20.0, 65.0, 60.0]
-  expected = own_marginals(split, videos.read_image(good["path"]), square_detector, 32)
+  expected = own_marginals(module, videos.read_image(good["path"]), square_detector, 32)
   np.testing.assert_allclose(list(good["marginals"].values()), expected, atol=1e-5)
   assert os.path.getsize(good["plot"]) > 1000 and good["plot"].endswith(".png")
   assert "plot" not in corrupt
@@ -118,7 +121,7 @@ def test_folder_images_video_and_errors(model, inputs, tmp_path):
   assert vid["frames_without_face"] == 1
   frames = dict(videos.sample_frames(vid["path"], 4))
   assert sorted(frames) == [0, 2, 3, 5] and [f["frame"] for f in vid["frames"]] == [0, 3, 5]
-  per_frame = np.stack([own_marginals(split, frames[i], square_detector, 32) for i in (0, 3, 5)])
+  per_frame = np.stack([own_marginals(module, frames[i], square_detector, 32) for i in (0, 3, 5)])
   np.testing.assert_allclose([f["p_fake"] for f in vid["frames"]], per_frame[:, h.root], atol=1e-5)
   np.testing.assert_allclose(vid["p_fake"], per_frame[:, h.root].mean(), atol=1e-5)
   np.testing.assert_allclose(list(vid["marginals"].values()), per_frame.mean(0), atol=1e-5)
@@ -126,29 +129,29 @@ def test_folder_images_video_and_errors(model, inputs, tmp_path):
 
 
 def test_no_detect_and_missing_file(model, inputs):
-  _, split, params, h, pred = model
+  _, (det_, variables), module, h, pred = model
   img = videos.read_image(str(inputs / "a_face.png"))
-  res = predict.predict_files(split, params, h, [str(inputs / "a_face.png"), str(inputs / "nope.jpg")],
-                              detector=None, progress=False, predictor=pred)
+  res = predict.predict_files(det_, variables, [str(inputs / "a_face.png"), str(inputs / "nope.jpg")],
+                              face_detector=None, progress=False, predictor=pred)
   assert res[1]["error"].startswith("unreadable image") and "no such file" in res[1]["error"]
-  x = clip_preprocess.preprocess_np(img, 32)[None]
+  x = model_input.preprocess_np(img, 32, clip_backbone.MEAN, clip_backbone.STD)[None]
   np.testing.assert_allclose(list(res[0]["marginals"].values()),
-                             np.asarray(_own_marginals_fn(split.model, jnp.asarray(x)))[0], atol=1e-5)
+                             np.asarray(_own_marginals_fn(module, jnp.asarray(x)))[0], atol=1e-5)
   assert res[0]["box"] is None
 
 
 def test_dlib_on_a_real_face(model, tmp_path):
-  _, split, params, h, pred = model
+  _, (det_, variables), module, h, pred = model
   path = str(tmp_path / "astronaut.jpg")
   img = skimage.data.astronaut()
   videos.write_image(path, img)
   det = faces.DlibDetector(upsample=0)
-  (res,) = predict.predict_files(split, params, h, [path], detector=det, progress=False, predictor=pred)
+  (res,) = predict.predict_files(det_, variables, [path], face_detector=det, progress=False, predictor=pred)
   assert "error" not in res, res
   x0, y0, x1, y1 = res["box"]
   assert 150 < x0 < x1 < 300 and 50 < y0 < y1 < 200  # the face
   np.testing.assert_allclose(list(res["marginals"].values()),
-                             own_marginals(split, videos.read_image(path), det, 32), atol=1e-5)
+                             own_marginals(module, videos.read_image(path), det, 32), atol=1e-5)
 
 
 def test_cli(model, inputs, tmp_path):
@@ -174,9 +177,9 @@ def test_cli(model, inputs, tmp_path):
 
 
 def test_model_source_errors(tmp_path):
-  with pytest.raises(builders.ConfigError, match="exactly one model source"):
+  with pytest.raises(config_lib.ConfigError, match="exactly one model source"):
     predict.load_model()
-  with pytest.raises(builders.ConfigError, match="exactly one model source"):
+  with pytest.raises(config_lib.ConfigError, match="exactly one model source"):
     predict.load_model(export="a", release="b")
   with pytest.raises(FileNotFoundError, match="not a model exported"):
     predict.load_model(export=str(tmp_path))

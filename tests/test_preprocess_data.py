@@ -15,6 +15,7 @@ import pytest
 import skimage.data
 
 from sjedd_jax.data import faces, manifest, preprocess, videos
+from sjedd_jax.detectors import sjedd as sjedd_det
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # saved crop side in these tests
@@ -120,7 +121,7 @@ def test_preprocess_ffpp_resume(ffpp, tmp_path):
   assert sorted({r.frame for r in recs}) == [0, 2, 5, 7]
   r = next(r for r in recs if r.video_id == "Deepfakes/001_000")
   assert (r.source, r.is_fake, r.identity, r.split, r.method) == ("Deepfakes", 1, "001", "train", "identity_swap")
-  y, mask = manifest.label_of(r)
+  y, mask = sjedd_det.record_label(r)
   assert y[0] == 1 and mask.sum() < 10  # Table I row with N/A
   img = videos.read_image(os.path.join(out, r.path))
   assert img.shape == (SIZE, SIZE, 3)
@@ -195,7 +196,7 @@ def test_folder_and_list_layouts(tmp_path):
   assert len(by_vid["real/real/v1"]) == CFG.num_frames and all(r.split == "test" for r in recs)
   assert {r.is_fake for r in by_vid["CDF-fake/fake/img0"]} == {1}
   assert s.skipped_frames == {"unreadable image": 1}
-  y, mask = manifest.label_of(by_vid["CDF-fake/fake/img1"][0])
+  y, mask = sjedd_det.record_label(by_vid["CDF-fake/fake/img1"][0])
   assert y[0] == 1 and mask.sum() == 1  # not a Table I source: primary label only
 
   csv_path = tmp_path / "list.csv"

@@ -69,7 +69,7 @@ def test_profile_steps_write_a_trace(profiled_run):
 
 def test_the_only_host_sync_in_the_loop_is_metric_logging(profiled_run):
   """In the trace, each step dispatches one program, and the host waits for the device only to log."""
-  from sjedd_jax import trace_report  # pylint: disable=g-import-not-at-top
+  from benchmarks import trace_report  # pylint: disable=g-import-not-at-top
   _, workdir, _ = profiled_run
   report = trace_report.load(str(workdir / "profile"))
   assert [s.step for s in report.steps] == [1, 2, 3, 4, 5]
@@ -79,15 +79,15 @@ def test_the_only_host_sync_in_the_loop_is_metric_logging(profiled_run):
 
 
 def test_trace_report_errors(tmp_path, capsys):
-  from sjedd_jax import trace_report  # pylint: disable=g-import-not-at-top
+  from benchmarks import trace_report  # pylint: disable=g-import-not-at-top
   assert trace_report.main([str(tmp_path)]) == 2
   assert "no *.trace.json.gz under" in capsys.readouterr().err
 
 
 def test_bad_profile_steps_are_rejected(cache, tmp_path):
-  from sjedd_jax import builders, train  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import config as config_lib, train  # pylint: disable=g-import-not-at-top
   for spec in ("3", "3,1", "a,b"):
-    with pytest.raises(builders.ConfigError, match="profile_steps"):
+    with pytest.raises(config_lib.ConfigError, match="profile_steps"):
       train.run(tiny_config(cache, profile_steps=spec), str(tmp_path / "bad"), progress=False)
 
 
@@ -112,16 +112,16 @@ def test_predict_from_the_run_checkpoint(profiled_run, tmp_path):
   """``predict --config CFG --workdir DIR --checkpoint latest`` scores with the run's parameters."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from sjedd_jax import predict, preprocess  # pylint: disable=g-import-not-at-top
-  from sjedd_jax.data import videos  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import predict  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.data import model_input, videos  # pylint: disable=g-import-not-at-top
   config, workdir, params = profiled_run
-  split, restored, hierarchy = predict.load_model(config=config, workdir=str(workdir), checkpoint="latest")
-  for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(params)):
+  detector, restored = predict.load_model(config=config, workdir=str(workdir), checkpoint="latest")
+  for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   face = np.random.default_rng(1).integers(0, 256, (48, 48, 3), dtype=np.uint8)
   videos.write_image(str(tmp_path / "face.png"), face)
-  (res,) = predict.predict_files(split, restored, hierarchy, [str(tmp_path)], detector=None, progress=False,
+  (res,) = predict.predict_files(detector, restored, [str(tmp_path)], face_detector=None, progress=False,
                                  batch_size=4)
-  x = preprocess.preprocess_np(face, config.data.image_size)[None]
-  want = np.asarray(jax.jit(lambda p, x: hierarchy.marginals(split.scores_fn(p, x)))(params, x))[0]
+  x = model_input.preprocess_np(face, config.data.image_size, detector.mean, detector.std)[None]
+  want = np.asarray(jax.jit(detector.predict)(params, restored.state, x)["marginals"])[0]
   np.testing.assert_allclose(list(res["marginals"].values()), want, atol=1e-5)

@@ -19,9 +19,11 @@ import pytest
 import torch
 import transformers
 
-from sjedd_jax import checkpoints, train_step as ts
-from sjedd_jax.models import clip as clip_lib
-from sjedd_jax.models import sjedd
+from sjedd_jax import optim, train_step as ts
+from sjedd_jax.detectors import sjedd as sjedd_det
+from sjedd_jax.backbones.clip import checkpoints
+from sjedd_jax.backbones.clip import modeling as clip_lib
+from sjedd_jax.detectors.sjedd import model as sjedd
 
 LR, WD = 1e-2, 1e-3
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -58,18 +60,17 @@ def both(tmp_path_factory):
 
   clip, _ = checkpoints.load_pretrained(path)
   ours = sjedd.SJEDD(clip, sjedd.RELEASE_CONFIG)
-  graphdef, params, rest = sjedd.split(ours)
-  losses_fn = ts.make_task_losses_fn(sjedd.scores_fn(graphdef, rest), ours.hierarchy)
+  detector, variables = sjedd_det.from_module(ours)
   sched = optax.constant_schedule(LR)
-  opt = ts.model_optimizer(sched, WD)
+  opt = optim.adamw(sched, WD)
   weighting = ts.make_weighting("bilevel", lam_lr=1e-3, lam_init=1.0, method="finite_difference")
-  step = jax.jit(ts.make_train_step(losses_fn, weighting, opt, sched, WD), compiler_options=FAST_COMPILE)
+  step = jax.jit(ts.make_train_step(detector, weighting, opt, sched, WD), compiler_options=FAST_COMPILE)
 
   def batch(x, y):
     return {"image": jnp.asarray(x.permute(0, 2, 3, 1).numpy()), "y": jnp.asarray(y.numpy()),
-            "mask": jnp.ones(y.shape, jnp.float32)}
+            "observed": jnp.ones(y.shape, jnp.float32)}
 
-  _, metrics = step(ts.init_state(params, opt, weighting), batch(x, y), batch(vx, vy))
+  _, metrics = step(ts.init_state(variables, opt, weighting), batch(x, y), batch(vx, vy))
   return ref, jax.device_get(metrics)
 
 

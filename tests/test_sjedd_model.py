@@ -21,10 +21,11 @@ import torch
 from flax import nnx
 from torch import nn
 
-from sjedd_jax import hierarchy, templates
-from sjedd_jax.models import clip as clip_lib
-from sjedd_jax.models import params as params_lib
-from sjedd_jax.models import sjedd
+from sjedd_jax.detectors.sjedd import hierarchy
+from sjedd_jax.detectors.sjedd import templates
+from sjedd_jax.backbones.clip import modeling as clip_lib
+from sjedd_jax.backbones.clip import params as params_lib
+from sjedd_jax.detectors.sjedd import model as sjedd
 
 # ----------------------------------------------------------------------------
 # The release, restated (ViT path of model.py; heads = width // 64).

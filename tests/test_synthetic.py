@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sjedd_jax import labels as labels_lib
+from sjedd_jax.detectors.sjedd import labels as labels_lib
+from sjedd_jax.detectors import sjedd as sjedd_det
 from sjedd_jax.data import manifest
 from sjedd_jax.data import regions as regions_lib
 from sjedd_jax.data import synthetic
@@ -63,7 +64,7 @@ def test_landmark_layout_is_ibug(world):
 def test_labels_follow_table_i(world):
   d, _ = world
   for r in manifest.read(d):
-    y, mask = manifest.label_of(r)
+    y, mask = sjedd_det.record_label(r)
     y_ref, m_ref = labels_lib.ffpp_label(r.source)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(mask, m_ref)

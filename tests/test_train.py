@@ -7,7 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from sjedd_jax import builders
+from sjedd_jax import config as config_lib, inference, preflight
+from sjedd_jax.data import datasets
+from sjedd_jax.detectors import sjedd as sjedd_det
 from configs import synthetic as synthetic_config  # noqa: E402  (repo root is on sys.path under pytest)
 from tests import tiny
 
@@ -20,11 +22,7 @@ def tiny_config(tmp_cache, **over):
   c.ckpt_every = 3
   c.optim.warmup_steps = 2
   for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+    config_lib.set_dotted(c, k, v)
   return c
 
 
@@ -43,8 +41,8 @@ def full_run(cache, tmp_path_factory):
 
 
 def _final_params(config, workdir):
-  _, p = builders.load_for_inference(config, builders.hierarchy(config), workdir, "latest")
-  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(p))]
+  _, variables = inference.load(config=config, workdir=workdir, checkpoint="latest")
+  return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(variables))]
 
 
 def _assert_same_params(config, workdir_a, workdir_b):
@@ -59,7 +57,7 @@ def test_train_writes_metrics_report_and_export(full_run):
   metrics = json.loads(open(os.path.join(workdir, "metrics.json")).read())
   assert 0.0 <= metrics["test/frame_auc"] <= 1.0
   assert metrics["test/frame_auc"] == final["test/frame_auc"]
-  assert os.path.exists(os.path.join(workdir, "export", builders.EXPORT_META))
+  assert os.path.exists(os.path.join(workdir, "export", sjedd_det.EXPORT_MARKER))
   assert os.path.exists(os.path.join(workdir, "results.md"))
   assert os.path.exists(os.path.join(workdir, "roc.png"))
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -127,16 +125,16 @@ def _flat_overrides(config):
 def test_missing_data_and_weights_errors(tmp_path):
   from configs import ffpp as ffpp_config
   c = ffpp_config.get_config()
-  with pytest.raises(builders.ConfigError, match="config.data.dir is empty"):
-    builders.dataset_dir(c)
+  with pytest.raises(config_lib.ConfigError, match="config.data.dir is empty"):
+    datasets.dataset_dir(c)
   c.data.dir = str(tmp_path)
-  with pytest.raises(builders.ConfigError, match="manifest.jsonl"):
-    builders.dataset_dir(c)
-  with pytest.raises(builders.ConfigError, match="(?s)data:.*weights: config.model.pretrained is empty"):
-    builders.preflight(c)
+  with pytest.raises(config_lib.ConfigError, match="manifest.jsonl"):
+    datasets.dataset_dir(c)
+  with pytest.raises(config_lib.ConfigError, match="(?s)data:.*weights: config.model.pretrained is empty"):
+    preflight.check(c)
   c.model.pretrained = str(tmp_path / "nope")
-  with pytest.raises(builders.ConfigError, match="does not exist"):
-    builders.model(c, builders.hierarchy(c))
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    sjedd_det.make(c).init(0)
 
 
 def test_cli_without_data_or_weights_stops_at_once(tmp_path):

@@ -38,10 +38,9 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 from tqdm.auto import tqdm
 
-from sjedd_jax import labels as labels_lib
-from sjedd_jax.data import manifest
+from sjedd_jax.data import manifest, pools
+from sjedd_jax.data import sources as sources_lib
 from sjedd_jax.data import regions as regions_lib
-from sjedd_jax.data import synthetic as synthetic_lib
 
 AUG_SOURCE = {"eye": "aug_eye", "lip_mouth": "aug_lip_mouth", "nose": "aug_nose"}
 REGION_OF = {v: k for k, v in AUG_SOURCE.items()}
@@ -151,7 +150,7 @@ def identities_of(rec: manifest.Record) -> frozenset[str]:
   """The identities shown by a record: its ``identity`` (or video), plus both ids of an
   identity-swap video named FF++-style ``<target>_<source>`` (e.g. ``Deepfakes/000_003``)."""
   ids = {rec.identity or rec.video_id}
-  if rec.source in labels_lib.SWAP_SOURCES:
+  if rec.source in sources_lib.SWAP_SOURCES:
     m = _PAIR.match(rec.video_id.rstrip("/").split("/")[-1])
     if m:
       ids.update(m.groups())
@@ -231,7 +230,7 @@ def plan(records: Sequence[manifest.Record], data_dir: str, *, seed: int = 0, mo
   real = [r for r in originals if r.source == "real" and (splits is None or r.split in splits)]
   if not real:
     raise ExpansionError(f"{data_dir}: no real faces to use as targets")
-  cand_sources = ("real",) if mode == "xray" else ("real",) + labels_lib.SWAP_SOURCES
+  cand_sources = ("real",) if mode == "xray" else ("real",) + sources_lib.SWAP_SOURCES
   missing = [r.path for r in originals if r.source in cand_sources and r.landmarks is None]
   if missing:
     raise ExpansionError(f"{data_dir}: {len(missing)} face(s) lack landmarks, e.g. {missing[:3]}; "
@@ -412,12 +411,11 @@ def expand(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
              disable=not progress)
   args = [(j, data_dir, out_dir) for j in todo]
   if workers > 1 and len(args) > 1:
-    with synthetic_lib.pool_context().Pool(
-        workers, initializer=synthetic_lib._pool_init) as pool:  # pylint: disable=protected-access
+    with pools.pool_context().Pool(workers, initializer=pools.init_worker) as pool:
       results = pool.imap(_run_job_star, args, chunksize=16)
       _collect(results, done, bar, flush, flush_every)
   else:
-    with synthetic_lib.single_threaded_cv2():
+    with pools.single_threaded_cv2():
       _collect(map(_run_job_star, args), done, bar, flush, flush_every)
   bar.close()
   flush(True)

@@ -4,16 +4,20 @@ A dataset is a directory holding image files and ``manifest.jsonl``, one JSON
 object per face crop:
 
     path        image file, relative to the dataset directory (PNG or JPEG)
-    source      Table I source ("real", "Deepfakes", "aug_eye", ...) or any
-                dataset-specific name (then ``y``/``mask`` or ``is_fake`` must say the label)
+    source      "real", an FF++ method ("Deepfakes", ...), an expansion's "aug_eye", ... or any
+                dataset-specific name (``sjedd_jax.data.sources``); what it means as a target
+                is the detector's business (its ``label_fn``)
     is_fake     0 or 1 (the primary label)
     video_id    video (or still-image group) id, for video-level AUC
     identity    identity id (splits are identity-disjoint)
     split       "train", "val" or "test"
     frame       frame index in the video (0 for stills)
     landmarks   68 (x, y) points in crop pixels, iBUG/dlib order (optional for test sets)
-    y, mask     optional explicit label vector and observed mask over the hierarchy's nodes
+    y, observed optional explicit label vector over a label graph's nodes and the mask of its observed
+                entries (1 observed, 0 N/A); ``mask`` is read as ``observed`` (older manifests)
     method      optional family name (e.g. "identity_swap"), for cross-manipulation protocols
+    sequence    optional ordered manipulation sequence, 1-based component ids (sequential deepfakes)
+    forgery_mask optional path of a 0/255 forgery-mask PNG (localisation); absent: none given
 
 ``dataset.json`` beside it holds metadata: name, hierarchy (a name such as "ffpp"
 or a graph dict), image size and free-form notes.
@@ -29,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from sjedd_jax import labels as labels_lib
 
 MANIFEST = "manifest.jsonl"
 METADATA = "dataset.json"
@@ -52,8 +55,10 @@ class Record:
   frame: int = 0
   landmarks: list | None = None
   y: list | None = None
-  mask: list | None = None
+  observed: list | None = None
   method: str | None = None
+  sequence: list | None = None      # manipulated components in order, 1-based ids ([] or None: none)
+  forgery_mask: str | None = None   # ground-truth forgery mask image (0/255 PNG), relative path
 
   def to_json(self) -> str:
     # Shallow field access: dataclasses.asdict would deep-copy the landmarks of every record.
@@ -61,32 +66,6 @@ class Record:
     if self.landmarks is not None:
       d["landmarks"] = [[round(float(x), 1), round(float(y), 1)] for x, y in np.asarray(self.landmarks)]
     return json.dumps(d)
-
-
-def label_of(rec: Record, num_nodes: int = 10, unobserved_as_zero: bool = False,
-             binary_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
-  """The (y, mask) training target of a record.
-
-  Explicit ``y``/``mask`` win; otherwise a Table I source gives its row; otherwise
-  only the primary label (``is_fake``) is observed. ``binary_only`` keeps just the
-  primary label (the no-relabelling ablation).
-  """
-  if binary_only:
-    return labels_lib.binary_label(bool(rec.is_fake), num_nodes)
-  if rec.y is not None:
-    y = np.asarray(rec.y, np.float32)
-    mask = np.ones_like(y) if rec.mask is None else np.asarray(rec.mask, np.float32)
-    if y.shape != (num_nodes,) or mask.shape != (num_nodes,):
-      raise ManifestError(f"{rec.path}: y/mask have shape {y.shape}/{mask.shape}, expected ({num_nodes},)")
-    if unobserved_as_zero:
-      y, mask = y * mask, np.ones_like(mask)
-    return y, mask
-  if rec.source in labels_lib.TABLE_I and num_nodes == len(labels_lib.TABLE_I["real"]):
-    y, mask = labels_lib.ffpp_label(rec.source, unobserved_as_zero)
-    if int(y[0]) != int(rec.is_fake):
-      raise ManifestError(f"{rec.path}: source {rec.source!r} contradicts is_fake={rec.is_fake}")
-    return y, mask
-  return labels_lib.binary_label(bool(rec.is_fake), num_nodes)
 
 
 def parse_line(line: str, where: str) -> Record:
@@ -99,6 +78,8 @@ def parse_line(line: str, where: str) -> Record:
   missing = [k for k in REQUIRED if k not in d]
   if missing:
     raise ManifestError(f"{where}: missing field(s) {missing}")
+  if "mask" in d and "observed" not in d:  # the field's name before 2026-12
+    d["observed"] = d.pop("mask")
   fields = {f.name for f in dataclasses.fields(Record)}
   unknown = sorted(set(d) - fields)
   if unknown:

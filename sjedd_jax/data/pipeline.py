@@ -1,14 +1,17 @@
 """The grain input pipeline over a manifest directory (``sjedd_jax.data.manifest``).
 
 Train: records -> this process's shard -> seeded shuffle (a new order each epoch)
--> load + label-preserving perturbation (``perturb``, seeded per element) + CLIP
-preprocessing -> batch (drop_remainder) -> repeat -> optional multiprocess prefetch.
+-> load + label-preserving perturbation (``perturb``, seeded per element) + the
+backbone's preprocessing (resize, its mean/std) -> batch (drop_remainder) ->
+repeat -> optional multiprocess prefetch.
 Eval: no shuffle, no perturbation, the last batch padded (``valid`` = 0 there).
 
-Batches are dicts of numpy arrays:
+The pipeline knows no label table: the detector's ``label_fn(record) -> {key:
+array}`` makes each record's targets once, and they travel in the batch under
+the detector's keys. Batches are dicts of numpy arrays:
 
-    image    (B, H, W, 3) float32, CLIP-normalised
-    y, mask  (B, n) float32       (``manifest.label_of``)
+    image    (B, H, W, 3) float32, normalised with ``DataConfig.mean``/``std``
+    <labels> (B, ...) float32     the detector's (SJEDD: ``y``, ``observed`` (B, n))
     is_fake  (B,) int32
     video    (B,) int32           index into ``Data.video_ids`` (strings stay on the host)
     index    (B,) int32           index into ``Data.records``
@@ -16,7 +19,8 @@ Batches are dicts of numpy arrays:
 
 Usage:
 
-    cfg = DataConfig(data_dir="/data/ffpp_crops", batch_size=32, workers=8)
+    cfg = DataConfig(data_dir="/data/ffpp_crops", batch_size=32, workers=8, label_fn=detector.label_fn,
+                     mean=detector.mean, std=detector.std)
     data = load(cfg)                                   # filtered records + video table
     train_it, val_it = train_streams(cfg, data)        # two independent shuffles (spec 5)
     batch = next(train_it)
@@ -34,19 +38,25 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 
-from sjedd_jax import preprocess as clip_preprocess
+from sjedd_jax.backbones.clip import MEAN as CLIP_MEAN, STD as CLIP_STD  # the default normalisation
+from sjedd_jax.data import model_input
 from sjedd_jax.data import manifest
 from sjedd_jax.data import perturb as perturb_lib
 from sjedd_jax.data import videos
 
 # A separate seed stream for the bi-level validation minibatches (spec section 5).
 VAL_STREAM_SEED_OFFSET = 0x5EED
+
+
+def binary_labels(rec) -> dict[str, np.ndarray]:
+  """The default ``label_fn``: only the real/fake label, ``{"y": (1,)}``."""
+  return {"y": np.asarray([float(rec.is_fake)], np.float32)}
 
 
 @dataclasses.dataclass
@@ -57,9 +67,10 @@ class DataConfig:
   exclude_sources: Sequence[str] = ()
   image_size: int = 224
   batch_size: int = 32
-  num_nodes: int = 10
-  unobserved_as_zero: bool = False
-  binary_only: bool = False
+  # record -> {key: array}: the detector's training targets (``Detector.label_fn``).
+  label_fn: Callable[[manifest.Record], Mapping[str, np.ndarray]] = binary_labels
+  mean: Sequence[float] = CLIP_MEAN        # the backbone's input normalisation (x / 255 - mean) / std
+  std: Sequence[float] = CLIP_STD
   perturb_probability: float = perturb_lib.PROBABILITY   # train only; 0 turns it off
   perturb_names: Sequence[str] = perturb_lib.NAMES
   hflip: bool = False                      # train: mirror each image with probability 1/2 (not the release)
@@ -72,10 +83,8 @@ class DataConfig:
   prefetch_batches: int = 4                # batches buffered per process (grain's default 500 is GBs)
   skip_unreadable: bool = False
   shard_by_process: bool = True            # each JAX process reads a disjoint slice
-  # Labels of another graph (e.g. the JEDD draft's): source -> (n,) row, -1 = unobserved.
-  # Sources not listed (and binary_only) fall back to ``manifest.label_of``.
-  label_table: Mapping[str, Sequence[int]] | None = None
   balance_real: bool = False               # train: every batch half real, half fake (real faces repeated)
+  eval_perturb: tuple[str, int] | None = None   # eval: apply perturb.apply(name, level) to every image
 
 
 @dataclasses.dataclass
@@ -106,21 +115,20 @@ def load(cfg: DataConfig) -> Data:
   return Data(cfg.data_dir, records, list(table), video_of)
 
 
-def label_of(rec: manifest.Record, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-  """(y, mask) of a record: ``cfg.label_table``'s row for its source, else ``manifest.label_of``."""
-  table = cfg.label_table
-  if table is not None and not cfg.binary_only and rec.y is None and rec.source in table:
-    row = np.asarray(table[rec.source], np.int32)
-    if row.shape != (cfg.num_nodes,):
-      raise ValueError(f"label_table row of {rec.source!r} has shape {row.shape}, expected ({cfg.num_nodes},)")
-    if int(row[0]) != int(rec.is_fake):
-      raise ValueError(f"{rec.path}: label_table row of {rec.source!r} contradicts is_fake={rec.is_fake}")
-    observed = row >= 0
-    y = np.where(observed, row, 0).astype(np.float32)
-    if cfg.unobserved_as_zero:
-      return y, np.ones_like(y)
-    return y, observed.astype(np.float32)
-  return manifest.label_of(rec, cfg.num_nodes, cfg.unobserved_as_zero, cfg.binary_only)
+def make_labels(data: Data, label_fn: Callable) -> dict[str, np.ndarray]:
+  """Every record's targets, stacked: ``{key: (N, ...)}``. A record whose label cannot be made
+  fails with its manifest position and path."""
+  rows = []
+  for i, rec in enumerate(data.records):
+    try:
+      row = {k: np.asarray(v, np.float32) for k, v in label_fn(rec).items()}
+    except (ValueError, KeyError, TypeError) as e:
+      raise manifest.ManifestError(f"{data.data_dir}: record {i} ({rec.path}): cannot make its label: {e}") from e
+    if rows and set(row) != set(rows[0]):
+      raise manifest.ManifestError(f"{data.data_dir}: record {i} ({rec.path}): label keys {sorted(row)} differ "
+                                   f"from the first record's {sorted(rows[0])}")
+    rows.append(row)
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 class LoadExample:
@@ -134,14 +142,18 @@ class LoadExample:
     self.paths = [r.path for r in data.records]
     self.video_of = data.video_of
     self.is_fake = np.asarray([r.is_fake for r in data.records], np.int32)
-    labels = [label_of(r, cfg) for r in data.records]
-    self.y = np.stack([l[0] for l in labels]).astype(np.float32)
-    self.mask = np.stack([l[1] for l in labels]).astype(np.float32)
+    self.labels = make_labels(data, cfg.label_fn)
+    self.mean = tuple(float(x) for x in cfg.mean)
+    self.std = tuple(float(x) for x in cfg.std)
     self.size = cfg.image_size
     self.skip_unreadable = cfg.skip_unreadable
     self.perturb = (perturb_lib.make(cfg.perturb_probability, tuple(cfg.perturb_names), cfg.patch_mode)
                     if train and cfg.perturb_probability > 0 else None)
     self.hflip = train and cfg.hflip
+    self.eval_perturb = None if train or not cfg.eval_perturb else (str(cfg.eval_perturb[0]), int(cfg.eval_perturb[1]))
+    if self.eval_perturb and self.eval_perturb[0] not in perturb_lib.NAMES:
+      raise ValueError(f"eval_perturb {cfg.eval_perturb!r}: expected (name, level) with a name in {perturb_lib.NAMES}")
+    self.seed = cfg.seed
     self.skipped = 0
 
   def __call__(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -151,11 +163,14 @@ class LoadExample:
     image, index = self._read(index)
     if self.perturb is not None:
       image = self.perturb(image, rng)
+    if self.eval_perturb is not None:  # robustness evaluation: one fixed perturbation, seeded per record
+      name, level = self.eval_perturb
+      image = perturb_lib.apply(image, name, level, np.random.default_rng((self.seed, index)))
     if self.hflip and rng.random() < 0.5:  # label preserving: the labels name regions, not sides
       image = np.ascontiguousarray(image[:, ::-1])
     return {
-        "image": clip_preprocess.preprocess_np(image, self.size),
-        "y": self.y[index], "mask": self.mask[index],
+        "image": model_input.preprocess_np(image, self.size, self.mean, self.std),
+        **{k: v[index] for k, v in self.labels.items()},
         "is_fake": self.is_fake[index], "video": self.video_of[index],
         "index": np.int32(index), "valid": np.int32(1),
     }
@@ -179,10 +194,9 @@ class LoadExample:
     raise videos.VideoError(f"{self.data_dir}: no readable image in {n} records")
 
   def _padding(self) -> dict[str, Any]:
-    n = self.y.shape[1]
     return {
         "image": np.zeros((self.size, self.size, 3), np.float32),
-        "y": np.zeros(n, np.float32), "mask": np.zeros(n, np.float32),
+        **{k: np.zeros(v.shape[1:], v.dtype) for k, v in self.labels.items()},
         "is_fake": np.int32(0), "video": np.int32(-1), "index": np.int32(-1), "valid": np.int32(0),
     }
 

@@ -37,7 +37,6 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -46,7 +45,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from sjedd_jax.data import manifest
+from sjedd_jax.data import manifest, pools
+from sjedd_jax.data import sources as sources_lib
 from sjedd_jax.data import regions as regions_lib
 
 GENERATOR_VERSION = 1
@@ -54,6 +54,7 @@ FORGERY_SOURCES = ("Deepfakes", "FaceSwap", "Face2Face", "NeuralTextures")
 METHOD_OF = {"Deepfakes": "identity_swap", "FaceSwap": "identity_swap",
              "Face2Face": "expression_reenactment", "NeuralTextures": "expression_reenactment"}
 SUPERSAMPLE = 2
+ORACLE_DIR = "masks_oracle"  # ground-truth forgery masks of the fakes (write_oracle_masks)
 
 
 # ----------------------------------------------------------------------------- face model
@@ -486,8 +487,14 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def _video_task(args) -> list[dict]:
-  """Renders one identity's real video and its forgeries; writes the PNGs; returns record dicts."""
-  out_dir, params, i, split, partners = args
+  """Renders one identity's real video and its forgeries; writes the PNGs; returns record dicts.
+
+  With a sixth argument ``True`` (``write_oracle_masks``) it replays the same RNG streams
+  but writes only each fake's hard blend mask (``forge``'s mask > 0.5, 0/255 PNG) under
+  ``ORACLE_DIR`` and returns the masks' relative paths; no image or record is written.
+  """
+  out_dir, params, i, split, partners = args[:5]
+  oracle = bool(args[5]) if len(args) > 5 else False
   seed, size = params["seed"], params["image_size"]
   p = _identity(seed, i)
   rng = np.random.default_rng([seed, 1, i])
@@ -500,9 +507,14 @@ def _video_task(args) -> list[dict]:
   name = identity_name(i)
   recs = []
 
-  def emit(source, video, j, img, lm, frng):
-    img = img + frng.normal(0, post, img.shape).astype(np.float32)
+  def emit(source, video, j, img, lm, frng, blend=None):
     rel = f"{source}/{video.split('/')[-1]}/{j:03d}.png"
+    if oracle:  # the image's post-noise stream is its own: skipping it changes no other draw
+      if blend is not None:
+        _write_mask(os.path.join(out_dir, ORACLE_DIR, rel), blend > 0.5)
+        recs.append(f"{ORACLE_DIR}/{rel}")
+      return
+    img = img + frng.normal(0, post, img.shape).astype(np.float32)
     path = os.path.join(out_dir, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cv2.imwrite(path, cv2.cvtColor(_to_uint8(img), cv2.COLOR_RGB2BGR))
@@ -531,33 +543,57 @@ def _video_task(args) -> list[dict]:
         g, g_lm = render(p, dict(exprs[j], smile=driver["smile"], open=driver["open"]), pose, bg, size,
                          texture=cfg["texture"])
         video = f"{fam}/{name}"
-      img, f_lm, _ = forge(fam, frng, frame, lm, g, g_lm)
-      emit(fam, video, j, img, f_lm, frng)
+      img, f_lm, blend = forge(fam, frng, frame, lm, g, g_lm)
+      emit(fam, video, j, img, f_lm, frng, blend)
   return recs
 
 
-class single_threaded_cv2:  # pylint: disable=invalid-name
-  """Context: OpenCV on one thread (its thread pool costs more than it saves on tiny images)."""
-
-  def __enter__(self):
-    self.n = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-
-  def __exit__(self, *exc):
-    cv2.setNumThreads(self.n)
-
-
-def _pool_init() -> None:
-  cv2.setNumThreads(1)
+def _write_mask(path: str, mask: np.ndarray) -> None:
+  """Writes a boolean mask as a 0/255 PNG, atomically (temp file + rename)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  ok, buf = cv2.imencode(".png", np.where(mask, 255, 0).astype(np.uint8))
+  if not ok:
+    raise OSError(f"{path}: could not encode the mask PNG")
+  tmp = f"{path}.tmp{os.getpid()}.png"
+  buf.tofile(tmp)
+  os.replace(tmp, path)
 
 
-def pool_context():
-  """A multiprocessing context safe after OpenCV ran in this process: forkserver, else spawn.
+def write_oracle_masks(dataset_dir: str | os.PathLike, *, workers: int | None = None,
+                       progress: bool = True) -> int:
+  """Writes the ground-truth forgery mask of every fake of a generated world; returns the count.
 
-  (A plain fork can deadlock in the child when the parent's OpenCV thread pool was in use.)
+  The mask of ``<Family>/<video>/<j>.png`` is ``ORACLE_DIR/<Family>/<video>/<j>.png``
+  (0/255 PNG): the blend mask ``forge`` used, thresholded at 0.5. A separate pass that
+  replays the generator's RNG streams (it renders the world again, writing no image), so
+  the world's images, manifest and fingerprint are unchanged. Reals have none (all
+  zero). Images added by an expansion (``aug_*``) get none. The manifest is not changed.
   """
-  methods = multiprocessing.get_all_start_methods()
-  return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+  dataset_dir = os.fspath(dataset_dir)
+  gen = manifest.read_metadata(dataset_dir).get("generator")
+  if not gen or not gen.get("complete"):
+    raise ValueError(f"{dataset_dir!r} holds no complete synthetic world (dataset.json has no finished "
+                     f"'generator' entry): generate it first")
+  params = gen["params"]
+  n, seed = params["num_identities"], params["seed"]
+  split_of = assign_splits(n, seed, params["split_fractions"])
+  partners = swap_partners(split_of, seed)
+  tasks = [(dataset_dir, params, i, split_of[i], {f: partners[f][i] for f in partners}, True) for i in range(n)]
+  workers = min(2, os.cpu_count() or 1) if workers is None else workers
+  bar = tqdm(total=len(tasks), desc="oracle masks", unit="identity", disable=not progress)
+  written = 0
+  if workers > 1:
+    with pools.pool_context().Pool(workers, initializer=pools.init_worker) as pool:
+      for r in pool.imap(_video_task, tasks, chunksize=2):
+        written += len(r)
+        bar.update()
+  else:
+    with pools.single_threaded_cv2():
+      for t in tasks:
+        written += len(_video_task(t))
+        bar.update()
+  bar.close()
+  return written
 
 
 def _fingerprint(params: dict[str, Any]) -> str:
@@ -607,12 +643,12 @@ def generate(out_dir: str | os.PathLike, *, seed: int = 0, num_identities: int =
   bar = tqdm(total=len(tasks), desc="synthetic world", unit="identity", disable=not progress)
   results = []
   if workers > 1:
-    with pool_context().Pool(workers, initializer=_pool_init) as pool:
+    with pools.pool_context().Pool(workers, initializer=pools.init_worker) as pool:
       for r in pool.imap(_video_task, tasks, chunksize=2):
         results.append(r)
         bar.update()
   else:
-    with single_threaded_cv2():
+    with pools.single_threaded_cv2():
       for t in tasks:
         results.append(_video_task(t))
         bar.update()
@@ -678,14 +714,13 @@ def cross_manipulation(records: Iterable[manifest.Record], train_sources: Sequen
   Returns (train records, test records); both keep the real faces of their splits.
   ``test_sources`` defaults to the FF++ forgery sources not trained on.
   """
-  from sjedd_jax import labels as labels_lib  # pylint: disable=g-import-not-at-top
   records = list(records)
   unknown = [s for s in train_sources if s not in {r.source for r in records}]
   if unknown:
     raise ValueError(f"train source(s) {unknown} not in the dataset")
   if test_sources is None:
     test_sources = [s for s in FORGERY_SOURCES if s not in train_sources]
-  train_keep = list(train_sources) + (list(labels_lib.AUG_SOURCES) if include_aug else [])
+  train_keep = list(train_sources) + (list(sources_lib.AUG_SOURCES) if include_aug else [])
   train = filter_records(records, sources=train_keep, splits=train_splits)
   test = filter_records(records, sources=list(test_sources), splits=test_splits)
   return train, test

@@ -10,7 +10,7 @@ a logsumexp:
 
 Example::
 
-    h = sjedd_jax.hierarchy.ffpp()          # 251 legal states
+    h = sjedd_jax.detectors.sjedd.hierarchy.ffpp()          # 251 legal states
     m = h.marginals(scores)                 # (B, 10) in [0, 1]
 """
 

@@ -2,7 +2,7 @@
 
 Every source format is first normalised to OpenAI's ``clip/model.py`` state-dict
 names (the canonical torch layout, also what the SJEDD release saves); one table
-then maps those names to the NNX parameter paths of ``sjedd_jax.models.clip.CLIP``:
+then maps those names to the NNX parameter paths of ``sjedd_jax.backbones.clip.modeling.CLIP``:
 
   HF ``CLIPModel``  --hf_to_openai-->  OpenAI  --openai_to_nnx-->  NNX flat params
 
@@ -33,11 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sjedd_jax.models.clip import CLIP, CLIPConfig
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that does not fit the model (missing/unexpected keys, shapes)."""
+from sjedd_jax.backbones.clip.modeling import CLIP, CLIPConfig
+from sjedd_jax.weights import CheckpointError
 
 
 # Keys present in real checkpoints that the model does not use.

@@ -23,7 +23,7 @@ are attributes and which are regions.
 
 Example::
 
-    h = sjedd_jax.hierarchy.ffpp()
+    h = sjedd_jax.detectors.sjedd.hierarchy.ffpp()
     explain(marginals[0], h)             # one face, (n,) marginals
     explain_batch(marginals, h)          # (B, n) -> B strings
     explain_structured(marginals[0], h)  # dict with probabilities and the text
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from sjedd_jax import hierarchy as hierarchy_lib
+from sjedd_jax.detectors.sjedd import hierarchy as hierarchy_lib
 
 __all__ = ["explain", "explain_structured", "explain_batch", "plot_marginals", "readable"]
 

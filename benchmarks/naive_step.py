@@ -31,13 +31,12 @@ the optimised step:
 
 Example::
 
-  model = sjedd.build("ViT-B/32", per_level_passes=True, text_context=77)
-  split = builders.split_model(model)
-  losses_fn = train_step.make_task_losses_fn(split.scores_fn, model.hierarchy)
+  detector, variables = sjedd.from_module(sjedd_model.build("ViT-B/32", per_level_passes=True, text_context=77))
+  losses_fn = train_step.detector_losses_fn(detector, variables.state)
   sched = optax.constant_schedule(6e-7)
-  opt = train_step.model_optimizer(sched, 1e-3)
+  opt = optim.adamw(sched, 1e-3)
   step = naive_step.make_naive_step(losses_fn, opt, sched, weight_decay=1e-3)
-  state = train_step.init_state(split.params, opt, naive_step.lambda_weighting())
+  state = train_step.init_state(variables, opt, naive_step.lambda_weighting())
   state, metrics = step(state, train_batch, val_batch)       # 6 compiled programs
 """
 
@@ -169,7 +168,7 @@ class NaiveStep:
                "loss/weighted": jnp.vdot(lam_state.lam, task), "lambda": lam_state.lam,
                "hypergradient": hyper, "accuracy": aux["accuracy"], "grad_norm": gnorm,
                "update_norm": unorm, "param_norm": pnorm, "lr": lr, "val_primary_loss": val_loss}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, lam_state=lam_state), metrics
+    return state._replace(step=state.step + 1, params=params, opt_state=opt_state, lam_state=lam_state), metrics
 
 
 def make_naive_step(task_losses_fn: Callable, model_opt: optax.GradientTransformation,
@@ -227,6 +226,6 @@ def make_fresh_step(task_losses_fn: Callable, model_opt: optax.GradientTransform
     new_params = optax.apply_updates(params, updates)
     lam_state = bilevel.BilevelState(lam=lam_new, opt_state=lam_opt_state, count=state.lam_state.count + 1)
     metrics = _metrics(task, lam_new, hyper, aux, grads, updates, new_params, lr, val_loss)
-    return TrainState(step=state.step + 1, params=new_params, opt_state=opt_state, lam_state=lam_state), metrics
+    return state._replace(step=state.step + 1, params=new_params, opt_state=opt_state, lam_state=lam_state), metrics
 
   return train_step

@@ -3,7 +3,7 @@ r"""What the host did in each profiled training step, and where it waited for th
 Reads the Chrome/Perfetto trace (``*.trace.json.gz``) that ``jax.profiler`` writes next to
 the XProf one (``config.profile_steps="a,b"`` puts it under ``WORKDIR/profile``):
 
-    python -m sjedd_jax.trace_report /tmp/run/profile
+    python benchmarks/trace_report.py /tmp/run/profile
 
 For every ``train`` span (the ``StepTraceAnnotation`` of ``sjedd_jax.train``) it prints the
 host time of the step, how many compiled programs it dispatched, and the host-device
@@ -146,7 +146,7 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   if len(argv) != 1:
     print(__doc__.split("\n\n")[1], file=sys.stderr)
-    print("usage: python -m sjedd_jax.trace_report WORKDIR/profile | TRACE.trace.json.gz", file=sys.stderr)
+    print("usage: python benchmarks/trace_report.py WORKDIR/profile | TRACE.trace.json.gz", file=sys.stderr)
     return 2
   try:
     print(load(argv[0]).table())

@@ -1,6 +1,6 @@
 """Table I: label vectors and observed masks for the sources of expanded FF++.
 
-Node order is the spec's (``sjedd_jax.hierarchy.FFPP_NODES``). ``N/A`` entries are
+Node order is the spec's (``sjedd_jax.detectors.sjedd.hierarchy.FFPP_NODES``). ``N/A`` entries are
 unobserved: ``mask`` is 0 there and they are left out of the losses. The authors'
 release writes N/A as 0 and does not mask; ``unobserved_as_zero=True`` does the same.
 """
@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from sjedd_jax.hierarchy import FFPP_NODES
+from sjedd_jax.detectors.sjedd.hierarchy import FFPP_NODES
+
+class LabelError(ValueError):
+  """A record whose label cannot be made (wrong shape, contradicting its source); names the record."""
+
 
 NA = -1  # marker for an unobserved entry in the table below
 

@@ -62,9 +62,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sjedd_jax import hierarchy as hierarchy_lib
-from sjedd_jax import templates as templates_lib
-from sjedd_jax.models import clip as clip_lib
+from sjedd_jax.detectors.sjedd import hierarchy as hierarchy_lib
+from sjedd_jax.detectors.sjedd import templates as templates_lib
+from sjedd_jax.backbones.clip import modeling as clip_lib
 
 PROBABILITIES = ("sigmoid", "hierarchy", "joint")
 TOKEN_ID_SOURCES = ("auto", "tokenizer", "spec", "placeholder")
@@ -335,7 +335,7 @@ def token_ids(texts: Sequence[str], source: str = "auto", tokenizer=None, *,
     return templates_lib.pad(placeholder_ids(texts, vocab_size), context_length)
   if tokenizer is not None and source in ("auto", "tokenizer"):
     ids = np.asarray(tokenizer(texts), np.int32)
-    return templates_lib.pad([r[:int(np.argmax(r)) + 1].tolist() for r in ids], context_length)
+    return templates_lib.repad(ids, context_length)
   help_ = ("give an HF CLIP checkpoint directory with tokenizer files (vocab.json + merges.txt or "
            "tokenizer.json) as config.model.pretrained or config.model.jedd.tokenizer; for a randomly "
            "initialised CLIP (the synthetic twins) config.model.jedd.token_ids='placeholder' uses "
@@ -384,7 +384,7 @@ class JEDD(nnx.Module):
       if ids.shape[0] != len(texts):
         raise JEDDError(f"{ids.shape[0]} stored template id rows for {len(texts)} prompts")
       if ids.shape[1] != ctx:
-        ids = templates_lib.pad([r[:int(np.argmax(r)) + 1].tolist() for r in ids], ctx)
+        ids = templates_lib.repad(ids, ctx)
     if ids.max() >= clip.config.vocab_size:
       raise JEDDError(f"template id {ids.max()} >= the CLIP vocabulary size {clip.config.vocab_size}")
     self.texts = tuple(texts)
@@ -408,12 +408,8 @@ class JEDD(nnx.Module):
 
   def similarities(self, images: jax.Array) -> jax.Array:
     """(B, K) similarity of each image to each prompt, divided by tau, in float32."""
-    u = self.clip.encode_image(images).astype(jnp.float32)
-    v = self.text_embeddings().astype(jnp.float32)
-    if self.similarity == "cosine":
-      u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
-      v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
-    return jnp.matmul(u, v.T, precision=jax.lax.Precision.HIGHEST) / self.tau
+    return clip_lib.joint_similarity(self.clip.encode_image(images), self.text_embeddings(),
+                                     self.similarity, self.tau)
 
   def scores(self, images: jax.Array) -> jax.Array:
     """Raw scores: s - sbar (B, n); s (B, n) without contrastive pairs; state logits (B, M) for joint."""
@@ -431,13 +427,11 @@ class JEDD(nnx.Module):
 
 
 def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", hierarchy: Any = "jedd_draft", *,
-          dtype: str | None = None, rngs: nnx.Rngs | None = None, **options) -> JEDD:
+          dtype: str | None = None, scan_layers: bool | None = None, rngs: nnx.Rngs | None = None,
+          **options) -> JEDD:
   """A JEDD around a freshly initialised CLIP (preset name or config) or a given one."""
   if not isinstance(clip, clip_lib.CLIP):
-    cfg = clip_lib.get_config(clip) if isinstance(clip, str) else clip
-    if dtype:
-      cfg = cfg.replace(dtype=dtype)
-    clip = clip_lib.CLIP(cfg, rngs=rngs or nnx.Rngs(0))
+    clip = clip_lib.build(clip, dtype=dtype, scan_layers=scan_layers, rngs=rngs)
   return JEDD(clip, hierarchy if isinstance(hierarchy, JEDDHierarchy) else graph(hierarchy), **options)
 
 
@@ -445,7 +439,7 @@ def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", hierarch
 def _options(config) -> Any:
   j = config.model.get("jedd")
   if j is None:
-    raise JEDDError("config.model.kind='jedd' needs config.model.jedd (see configs/jedd_draft.py)")
+    raise JEDDError("config.detector='jedd' needs config.model.jedd (see configs/jedd_draft.py)")
   return j
 
 
@@ -454,8 +448,9 @@ def hierarchy_from_config(config) -> JEDDHierarchy:
   return graph(config.hierarchy, levels=int(j.get("levels", 3)), probability=j.get("probability", "sigmoid"))
 
 
-def model_from_config(config, hierarchy: JEDDHierarchy) -> JEDD:
-  """The JEDD of ``config.model`` (kind "jedd"): a local pretrained CLIP or a fresh preset."""
+def model_from_config(config, hierarchy: JEDDHierarchy, seed: int | None = None) -> JEDD:
+  """The JEDD of ``config.model`` (detector "jedd"): a local pretrained CLIP or a fresh preset."""
+  seed = config.seed if seed is None else seed
   m, j = config.model, _options(config)
   source = j.get("token_ids", "auto")
   opts = dict(similarity=m.similarity, tau=m.cosine_tau if m.similarity == "cosine" else m.tau,
@@ -468,36 +463,28 @@ def model_from_config(config, hierarchy: JEDDHierarchy) -> JEDD:
       raise JEDDError("config.model.jedd.token_ids='placeholder' with pretrained weights "
                       f"({m.pretrained}): placeholder ids are not CLIP's and would feed the pretrained text "
                       "tower meaningless tokens; use 'auto' or 'tokenizer' with a CLIP tokenizer")
-    from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
+    from sjedd_jax.backbones.clip.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
     clip, tok = load_pretrained(os.path.expanduser(m.pretrained), dtype=m.dtype, scan_layers=m.get("scan_layers"))
     return JEDD(clip, hierarchy, tokenizer=tokenizer or tok, **opts)
-  cfg = clip_lib.get_config(m.clip, **dict(m.get("clip_overrides") or {}))
-  if m.get("scan_layers") is not None:
-    cfg = cfg.replace(scan_layers=bool(m.scan_layers))
-  return build(cfg, hierarchy, dtype=m.dtype, rngs=nnx.Rngs(config.seed), tokenizer=tokenizer, **opts)
+  clip = clip_lib.build(m.clip, overrides=m.get("clip_overrides"), dtype=m.dtype, scan_layers=m.get("scan_layers"),
+                        rngs=nnx.Rngs(seed))
+  return JEDD(clip, hierarchy, tokenizer=tokenizer, **opts)
 
 
 # ------------------------------------------------------------------ export
-def export(m: JEDD, out_dir: str, config=None) -> str:
-  """Writes the model's CLIP (``load_pretrained`` format) and ``jedd.json`` to ``out_dir``."""
-  from sjedd_jax.checkpoints import save_pretrained  # pylint: disable=g-import-not-at-top
-  os.makedirs(out_dir, exist_ok=True)
-  save_pretrained(m.clip, out_dir, source="sjedd_jax.train (jedd)")
-  meta = {"kind": "jedd", "hierarchy": m.hierarchy.to_dict(), "probability": m.hierarchy.probability,
+def export_meta(m: JEDD) -> dict:
+  """What ``load_export`` needs besides the CLIP weights (``jedd.json``)."""
+  return {"kind": "jedd", "hierarchy": m.hierarchy.to_dict(), "probability": m.hierarchy.probability,
           "similarity": m.similarity, "tau": m.tau, "contrastive": m.contrastive,
           "freeze_text": m.freeze_text, "texts": list(m.texts), "token_ids_source": m.token_ids_source,
-          "template_ids": [list(r) for r in m.template_ids],
-          "config": config.to_dict() if hasattr(config, "to_dict") else config}
-  with open(os.path.join(out_dir, EXPORT_META), "w") as f:
-    json.dump(meta, f, indent=2, default=str)
-  return out_dir
+          "template_ids": [list(r) for r in m.template_ids]}
 
 
 def load_export(path: str, dtype: str | None = None) -> JEDD:
   """The JEDD written by ``export`` (its stored template ids are reused as they are)."""
-  from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(path, EXPORT_META)) as f:
-    meta = json.load(f)
+  from sjedd_jax.backbones.clip.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.detectors.sjedd import read_export_meta  # pylint: disable=g-import-not-at-top
+  meta = read_export_meta(path, EXPORT_META)
   clip, _ = load_pretrained(path, dtype=dtype)
   h = meta["hierarchy"]
   hier = JEDDHierarchy(h["nodes"], h["levels"], h["edges"], h.get("root_requires_child", False),

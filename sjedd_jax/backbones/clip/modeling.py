@@ -332,6 +332,36 @@ class CLIP(nnx.Module):
     return self.encode_image(images), self.encode_text(token_ids)
 
 
+def build(clip: str | CLIPConfig = "ViT-B/32", *, overrides=None, dtype: str | None = None,
+          scan_layers: bool | None = None, rngs: nnx.Rngs | None = None) -> CLIP:
+  """A freshly initialised CLIP: a preset name (with ``overrides``, ``get_config``) or a config.
+
+  ``dtype`` ("float32"/"bfloat16") is the compute dtype; ``scan_layers`` (None:
+  the config's) whether the residual blocks run as one ``lax.scan``.
+  """
+  cfg = get_config(clip, **dict(overrides or {})) if isinstance(clip, str) else clip
+  if dtype:
+    cfg = cfg.replace(dtype=dtype)
+  if scan_layers is not None:
+    cfg = cfg.replace(scan_layers=bool(scan_layers))
+  return CLIP(cfg, rngs=rngs or nnx.Rngs(0))
+
+
+def joint_similarity(u: jax.Array, v: jax.Array, kind: str, temperature: float) -> jax.Array:
+  """Similarity of image and text embeddings, divided by a temperature, in float32.
+
+  (B, E), (K, E) -> (B, K): ``kind="dot"`` the inner product, ``"cosine"`` the
+  cosine (both embeddings L2-normalised first).
+  """
+  u, v = u.astype(jnp.float32), v.astype(jnp.float32)
+  if kind == "cosine":
+    u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
+    v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+  elif kind != "dot":
+    raise ValueError(f"similarity {kind!r}: expected 'dot' or 'cosine'")
+  return jnp.matmul(u, v.T, precision=jax.lax.Precision.HIGHEST) / temperature
+
+
 def restrict_vocabulary(clip: CLIP, token_ids) -> np.ndarray:
   """Keeps only the token-embedding rows that ``token_ids`` use; returns the renumbered ids.
 

@@ -41,9 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sjedd_jax import hierarchy as hierarchy_lib
-from sjedd_jax import templates as templates_lib
-from sjedd_jax.models import clip as clip_lib
+from sjedd_jax.detectors.sjedd import hierarchy as hierarchy_lib
+from sjedd_jax.detectors.sjedd import templates as templates_lib
+from sjedd_jax.backbones.clip import modeling as clip_lib
 
 TEXT_PATH = ("clip", "text")  # nnx path prefix of the text tower's parameters
 
@@ -133,7 +133,7 @@ class SJEDD(nnx.Module):
         raise ValueError(f"SJEDD: {ids.shape[0] if ids.ndim == 2 else ids.shape} template(s) for a "
                          f"hierarchy of {n} nodes {list(self.hierarchy.nodes)}; need one per node")
       if ids.shape[1] != ctx:
-        ids = templates_lib.pad([r[:int(np.argmax(r)) + 1].tolist() for r in ids], ctx)
+        ids = templates_lib.repad(ids, ctx)
       if ids.max() >= clip.config.vocab_size:
         raise ValueError(f"SJEDD: template id {ids.max()} >= the CLIP vocabulary size {clip.config.vocab_size}")
       need = templates_lib.longest(ids)
@@ -173,12 +173,8 @@ class SJEDD(nnx.Module):
 
   def scores_from_embeddings(self, u: jax.Array, v: jax.Array) -> jax.Array:
     """f = <u, v_k> / tau (or cosine / tau'), computed in float32: (B, E), (n, E) -> (B, n)."""
-    u, v = u.astype(jnp.float32), v.astype(jnp.float32)
-    if self.similarity == "cosine":
-      u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
-      v = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
-      return jnp.matmul(u, v.T, precision=jax.lax.Precision.HIGHEST) / self.cosine_tau
-    return jnp.matmul(u, v.T, precision=jax.lax.Precision.HIGHEST) / self.tau
+    tau = self.cosine_tau if self.similarity == "cosine" else self.tau
+    return clip_lib.joint_similarity(u, v, self.similarity, tau)
 
   # ------------------------------------------------------------- outputs
   def scores(self, images: jax.Array, text_embeddings: jax.Array | None = None) -> jax.Array:
@@ -238,12 +234,7 @@ def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", config: 
   rngs = rngs or nnx.Rngs(0)
   config = (config or SJEDDConfig()).replace(**options)
   if not isinstance(clip, clip_lib.CLIP):
-    cfg = clip_lib.get_config(clip) if isinstance(clip, str) else clip
-    if dtype:
-      cfg = cfg.replace(dtype=dtype)
-    if scan_layers is not None:
-      cfg = cfg.replace(scan_layers=bool(scan_layers))
-    clip = clip_lib.CLIP(cfg, rngs=rngs)
+    clip = clip_lib.build(clip, dtype=dtype, scan_layers=scan_layers, rngs=rngs)
   elif dtype and dtype != clip.config.dtype:
     raise ValueError("dtype applies to a newly built CLIP; load the checkpoint with dtype=... instead")
   return SJEDD(clip, config, tokenizer=tokenizer, rngs=rngs)
@@ -252,7 +243,7 @@ def build(clip: str | clip_lib.CLIPConfig | clip_lib.CLIP = "ViT-B/32", config: 
 def from_pretrained(path, config: SJEDDConfig | None = None, *, dtype: str | None = None,
                     attention_impl: str | None = None, scan_layers: bool | None = None, **options) -> SJEDD:
   """An SJEDD around any checkpoint ``load_pretrained`` reads (its tokenizer is used if present)."""
-  from sjedd_jax.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.backbones.clip.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
   clip, tokenizer = load_pretrained(path, dtype=dtype, attention_impl=attention_impl, scan_layers=scan_layers)
   return SJEDD(clip, (config or SJEDDConfig()).replace(**options), tokenizer=tokenizer)
 
