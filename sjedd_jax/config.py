@@ -84,6 +84,10 @@ def base_config(detector: str = "") -> ml_collections.ConfigDict:
   c.optim.clip_grad_norm = 0.0           # > 0: clip the model gradient's global norm
   c.optim.lr_mult = ml_collections.ConfigDict()   # {group: multiplier} (the detector's parameter groups)
   c.optim.frozen = ()                    # groups not trained at all
+  c.optim.plateau_patience = 0           # > 0: lr x plateau_factor after that many validations without gain
+  c.optim.plateau_factor = 0.5
+  c.optim.plateau_metric = "val/frame_log_loss"   # a validation metric (val/frame_auc with mode "max")
+  c.optim.plateau_mode = "min"
 
   c.batch_size = 32                      # global batch
   c.num_epochs = 20

@@ -121,7 +121,8 @@ def frame_metrics(p_fake: Any, is_fake: Any, threshold: float = 0.5) -> dict[str
   """AUC, AP, ACC (fake iff p > threshold), EER and counts for one set of scores.
 
   Returns a dict with ``auc``, ``ap``, ``acc``, ``eer``, ``acc_real`` (TNR),
-  ``acc_fake`` (TPR), ``n``, ``n_real``, ``n_fake``. Metrics are fractions in [0, 1].
+  ``acc_fake`` (TPR), ``n``, ``n_real``, ``n_fake`` and ``log_loss`` (the
+  cross-entropy of P(fake), e.g. a validation loss for a plateau schedule). Metrics are fractions in [0, 1].
   One class only: ``auc``/``ap``/``eer`` are NaN, with a warning.
 
   >>> frame_metrics([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1])["auc"]
@@ -142,6 +143,8 @@ def _metrics(p: np.ndarray, y: np.ndarray, threshold: float, what: str) -> dict[
       "acc_real": float((~pred[~y]).mean()) if n_real else float("nan"),
       "acc_fake": float(pred[y].mean()) if n_fake else float("nan"),
       "n": int(y.size), "n_real": n_real, "n_fake": n_fake,
+      # Cross-entropy of P(fake) (natural log; probabilities clipped to [1e-7, 1 - 1e-7]).
+      "log_loss": float(-np.mean(np.where(y, np.log(np.clip(p, 1e-7, 1.0)), np.log(np.clip(1.0 - p, 1e-7, 1.0))))),
   }
   if n_real == 0 or n_fake == 0:
     _single_class_warning(what, y)

@@ -165,3 +165,61 @@ def make(o, *, total_steps: int, steps_per_epoch: int, params: PyTree | None = N
     return jax.tree.map(lambda m: base * m, mult_tree)
 
   return Optimizer(tx, lr, wd_tree)
+
+
+# ----------------------------------------------------------------- plateau
+class Plateau:
+  """``torch.optim.lr_scheduler.ReduceLROnPlateau`` on the host: a learning-rate scale that drops by
+  ``factor`` after more than ``patience`` checks without improvement of a validation metric.
+
+  Its value multiplies the schedule inside the compiled step (``TrainState.lr_scale``), so nothing
+  recompiles; ``state()``/``load()`` carry it through checkpoints. Defaults are torch's (relative
+  threshold 1e-4, no cooldown, no floor).
+  """
+
+  def __init__(self, patience: int, factor: float = 0.5, mode: str = "min", threshold: float = 1e-4,
+               min_scale: float = 0.0):
+    if patience < 1 or not 0.0 < factor < 1.0 or mode not in ("min", "max"):
+      raise ConfigError(f"plateau needs patience >= 1, 0 < factor < 1 and mode min/max; got {patience}, "
+                        f"{factor}, {mode!r}")
+    self.patience, self.factor, self.mode = int(patience), float(factor), mode
+    self.threshold, self.min_scale = float(threshold), float(min_scale)
+    self.best: float | None = None
+    self.bad = 0
+    self.scale = 1.0
+
+  def _better(self, value: float) -> bool:
+    if self.best is None:
+      return True
+    if self.mode == "min":
+      return value < self.best * (1.0 - self.threshold)
+    return value > self.best * (1.0 + self.threshold)
+
+  def update(self, value: float) -> float:
+    """Records one validation value; returns the (possibly reduced) scale."""
+    if value != value:  # NaN: not an improvement
+      self.bad += 1
+    elif self._better(value):
+      self.best, self.bad = float(value), 0
+    else:
+      self.bad += 1
+    if self.bad > self.patience:
+      self.scale = max(self.scale * self.factor, self.min_scale)
+      self.bad = 0
+    return self.scale
+
+  def state(self) -> dict:
+    return {"best": self.best, "bad": self.bad, "scale": self.scale}
+
+  def load(self, state: Mapping[str, Any] | None) -> None:
+    if state:
+      self.best, self.bad, self.scale = state.get("best"), int(state.get("bad", 0)), float(state.get("scale", 1.0))
+
+
+def plateau_from_config(o) -> Plateau | None:
+  """``config.optim.plateau_patience`` > 0 turns the plateau scale on (checked at every validation)."""
+  patience = int(o.get("plateau_patience", 0) or 0)
+  if patience <= 0:
+    return None
+  return Plateau(patience, o.get("plateau_factor", 0.5), o.get("plateau_mode", "min"),
+                 o.get("plateau_threshold", 1e-4))

@@ -122,8 +122,9 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   state = ts.shard_state(ts.init_state(variables, opt.tx, weighting, seed=config.seed), mesh)
   # With update_every > 1, one program per branch, picked on the host: a held step then runs only
   # the forward and backward at theta (a lax.cond in one program costs more than the branch it skips).
+  plateau = optim.plateau_from_config(config.optim)
   programs = {u: ts.compile_train_step(ts.make_train_step(detector, weighting, opt.tx, opt.lr, opt.weight_decay,
-                                                          lam_update=u), mesh)
+                                                          lam_update=u, scale_lr=plateau is not None), mesh)
               for u in ((True, False) if every > 1 else (None,))}
   compiled_for = lambda step: programs[step % every == 0 if every > 1 else None]
   evaluator = evaluator_lib.Evaluator(detector, mesh)
@@ -138,18 +139,32 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
     state, data_state, _ = ckpt.restore(state)
     train_it.set_state(data_state["train"])
     val_it.set_state(data_state["val"])
+    if plateau is not None:
+      plateau.load(data_state.get("plateau"))
     logging.info("resumed from step %d in %s", start, workdir)
   writer = writers.MetricWriter(workdir, resume_step=start if start else None)
   val_cfg = datasets.data_config(config, detector, data_dir, "val", train=False)
 
   def data_state():
-    return {"train": train_it.get_state(), "val": val_it.get_state()}
+    out = {"train": train_it.get_state(), "val": val_it.get_state()}
+    if plateau is not None:
+      out["plateau"] = plateau.state()
+    return out
 
   def validate(step):
+    nonlocal state
     res = evaluator.run(val_cfg, detectors.Variables(state.params, state.model_state), progress=False)
     m = {"val/frame_auc": res["frame"]["auc"], "val/frame_acc": res["frame"]["acc"]}
     if res.get("video"):
       m["val/video_auc"] = res["video"]["auc"]
+    if plateau is not None:
+      name = config.optim.plateau_metric
+      flat = {**m, "val/frame_log_loss": res["frame"]["log_loss"]}
+      if name not in flat:
+        raise ConfigError(f"config.optim.plateau_metric={name!r}; expected one of {sorted(flat)}")
+      m[name] = flat[name]
+      m["lr_scale"] = plateau.update(flat[name])
+      state = state._replace(lr_scale=jax.device_put(np.float32(m["lr_scale"]), ts.replicated(mesh)))
     writer.scalars(step, m)
     ckpt.save_best(step, state, data_state(), meta, m)
     return m

@@ -185,6 +185,13 @@ def abstract_batch(detector: Detector, batch_size: int, image_size: int | None =
   labels = {k: np.asarray(v) for k, v in detector.label_fn(rec).items()}
   batch = {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32)}
   batch.update({k: jax.ShapeDtypeStruct((batch_size,) + v.shape, jnp.float32) for k, v in labels.items()})
+  if detector.transform is not None:  # the transform's extra keys (a second view, a mask)
+    out = detector.transform(np.zeros((s, s, 3), np.uint8), rec, "", np.random.default_rng(0), True)
+    for k, v in out.items():
+      if k != "image":
+        v = np.asarray(v)
+        batch[k] = (jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32) if k in detector.image_keys
+                    else jax.ShapeDtypeStruct((batch_size,) + v.shape, v.dtype))
   return {k: batch[k] for k in detector.batch_keys if k in batch}
 
 

@@ -92,6 +92,7 @@ def data_config(config: ml_collections.ConfigDict, detector, data_dir: str, spli
       image_size=config.data.image_size,
       batch_size=(config.batch_size if train else config.eval_batch_size) // jax.process_count(),
       label_fn=detector.label_fn, mean=tuple(detector.mean), std=tuple(detector.std),
+      transform=detector.transform, image_keys=tuple(detector.image_keys),
       perturb_probability=config.data.perturb_probability if train else 0.0,
       hflip=bool(train and config.data.get("hflip", False)),
       seed=config.seed,

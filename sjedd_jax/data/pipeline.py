@@ -85,6 +85,12 @@ class DataConfig:
   shard_by_process: bool = True            # each JAX process reads a disjoint slice
   balance_real: bool = False               # train: every batch half real, half fake (real faces repeated)
   eval_perturb: tuple[str, int] | None = None   # eval: apply perturb.apply(name, level) to every image
+  # A detector's own per-example transform (``Detector.transform``), after reading, perturbing and
+  # flipping: ``transform(image_uint8, record, data_dir, rng, train) -> {"image": uint8 (H, W, 3), ...}``;
+  # the keys in ``image_keys`` are uint8 images the pipeline resizes and normalises (e.g. a second
+  # view), every other key an array passed through (e.g. a forgery mask). Must be picklable.
+  transform: Callable[..., Mapping[str, np.ndarray]] | None = None
+  image_keys: Sequence[str] = ("image",)
 
 
 @dataclasses.dataclass
@@ -154,6 +160,11 @@ class LoadExample:
     if self.eval_perturb and self.eval_perturb[0] not in perturb_lib.NAMES:
       raise ValueError(f"eval_perturb {cfg.eval_perturb!r}: expected (name, level) with a name in {perturb_lib.NAMES}")
     self.seed = cfg.seed
+    self.train = train
+    self.transform = cfg.transform
+    self.image_keys = tuple(cfg.image_keys)
+    self.records = data.records if cfg.transform is not None else None
+    self._pad = None
     self.skipped = 0
 
   def __call__(self, index: int, rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -168,8 +179,16 @@ class LoadExample:
       image = perturb_lib.apply(image, name, level, np.random.default_rng((self.seed, index)))
     if self.hflip and rng.random() < 0.5:  # label preserving: the labels name regions, not sides
       image = np.ascontiguousarray(image[:, ::-1])
+    extras = {}
+    if self.transform is not None:
+      t_rng = rng if rng is not None else np.random.default_rng((self.seed, index))
+      out = dict(self.transform(image, self.records[index], self.data_dir, t_rng, self.train))
+      extras = {k: (model_input.preprocess_np(v, self.size, self.mean, self.std) if k in self.image_keys
+                    else np.asarray(v)) for k, v in out.items() if k != "image"}
+      image = out["image"]
     return {
         "image": model_input.preprocess_np(image, self.size, self.mean, self.std),
+        **extras,
         **{k: v[index] for k, v in self.labels.items()},
         "is_fake": self.is_fake[index], "video": self.video_of[index],
         "index": np.int32(index), "valid": np.int32(1),
@@ -194,8 +213,17 @@ class LoadExample:
     raise videos.VideoError(f"{self.data_dir}: no readable image in {n} records")
 
   def _padding(self) -> dict[str, Any]:
+    if self._pad is None:
+      extras = {}
+      if self.transform is not None:  # the transform's keys and shapes, from a blank image of record 0
+        out = self.transform(np.zeros((self.size, self.size, 3), np.uint8), self.records[0], self.data_dir,
+                             np.random.default_rng(0), self.train)
+        extras = {k: (np.zeros((self.size, self.size, 3), np.float32) if k in self.image_keys
+                      else np.zeros(np.shape(v), np.asarray(v).dtype)) for k, v in out.items() if k != "image"}
+      self._pad = extras
     return {
         "image": np.zeros((self.size, self.size, 3), np.float32),
+        **self._pad,
         **{k: np.zeros(v.shape[1:], v.dtype) for k, v in self.labels.items()},
         "is_fake": np.int32(0), "video": np.int32(-1), "index": np.int32(-1), "valid": np.int32(0),
     }

@@ -30,8 +30,10 @@ know about one method, and nothing else::
   ``plot(outputs, image, path)`` (a picture for one file), ``export(variables,
   out_dir, config)`` (an inference export ``detectors.load_export`` reads back) and
   ``param_labels(params) -> pytree of group names`` (optimiser groups: per-group
-  learning rates, frozen groups) and ``bind(params, state)`` (the NNX module with
-  these variables, for interactive use).
+  learning rates, frozen groups), ``bind(params, state)`` (the NNX module with
+  these variables, for interactive use) and ``transform`` (a per-example data
+  transform run by the shared pipeline: a second view, a forgery mask, a colour
+  jitter; ``image_keys`` names the images it returns, which the pipeline normalises).
 
 The NNX module itself is built by ``init``; the pure functions merge its graph
 definition with the given ``params`` and ``state``, so they need ``init`` (or a
@@ -85,6 +87,8 @@ class Detector(NamedTuple):
   export: Callable[..., str] | None = None
   param_labels: Callable[[PyTree], PyTree] | None = None
   bind: Callable[[PyTree, PyTree], Any] | None = None   # (params, state) -> the NNX module (notebooks, tests)
+  transform: Callable[..., Any] | None = None  # per-example data transform (pipeline.DataConfig.transform)
+  image_keys: tuple[str, ...] = ("image",)     # the transform's uint8 images the pipeline normalises
 
   @property
   def num_tasks(self) -> int:
