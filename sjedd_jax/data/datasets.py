@@ -19,12 +19,21 @@ from sjedd_jax.data import sources as sources_lib
 
 
 def dataset_dir(config: ml_collections.ConfigDict, progress: bool = True) -> str:
-  """The prepared dataset directory: generated (synthetic) or checked (manifest)."""
+  """The prepared dataset directory: generated ("synthetic": the face world, with
+  ``data.synthetic.oracle_masks`` also its true forgery masks; "synthetic_seq": the
+  sequential-edit world of ``data.synthetic_seq``) or checked ("manifest")."""
   kind = config.data.kind
+  if kind == "synthetic_seq":  # the sequential-edit world (sequence detectors)
+    from sjedd_jax.data import synthetic_seq  # pylint: disable=g-import-not-at-top
+    return synthetic_seq.ensure_seq_synthetic(config.data.cache_dir, progress=progress,
+                                              **dict(config.data.get("synthetic_seq") or {}))
   if kind == "synthetic":
     from sjedd_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     params = dict(config.data.synthetic)
     expand = params.pop("expand", True)
+    if params.pop("oracle_masks", False):  # the world's true forgery masks, named in its manifest
+      d = synthetic.ensure_synthetic(config.data.cache_dir, expand=expand, progress=progress, **params)
+      return synthetic.ensure_oracle_masks(d, progress=progress)
     if expand and expansion_mode(config) == "xray":  # Table XI: the originals + X-ray-style blends
       from sjedd_jax.data import expand as expand_lib  # pylint: disable=g-import-not-at-top
       d = synthetic.ensure_synthetic(config.data.cache_dir, expand=False, progress=progress, **params)
@@ -52,7 +61,7 @@ def dataset_dir(config: ml_collections.ConfigDict, progress: bool = True) -> str
           f"its {manifest.METADATA}); make one with scripts/expand_dataset.py --data ORIGINALS --out DIR "
           "--mode xray and point config.data.dir at DIR")
     return d
-  raise ConfigError(f"config.data.kind={kind!r}; expected 'synthetic' or 'manifest'")
+  raise ConfigError(f"config.data.kind={kind!r}; expected 'synthetic', 'synthetic_seq' or 'manifest'")
 
 
 def expansion_mode(config) -> str:

@@ -396,11 +396,15 @@ FAMILIES = {
 
 
 def forge(family: str, rng: np.random.Generator, frame: np.ndarray, frame_lm: np.ndarray,
-          rendered: np.ndarray, rendered_lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+          rendered: np.ndarray, rendered_lm: np.ndarray,
+          checker: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Blends the renderer output ``rendered`` into the camera ``frame``; returns (image, landmarks, mask).
 
   Identity swaps replace the inner face (landmarks 17-67 follow the source),
   reenactments the lip + mouth (landmarks 48-67 follow the driver expression).
+  ``checker`` > 0 gives the renderer a transposed-convolution-like trace: its output
+  becomes g (1 + checker (-1)^(x+y)) (a peak at the (P/2, P/2) bin of patch spectra
+  under the mask; MC-LCR spec section 9). No random draw depends on it.
   """
   cfg = FAMILIES[family]
   g = rendered
@@ -418,6 +422,9 @@ def forge(family: str, rng: np.random.Generator, frame: np.ndarray, frame_lm: np
   d_l, d_ab = cfg["shift"]
   offset = rng.uniform(0.4, 1.0, 3) * rng.choice([-1.0, 1.0], 3) * np.array([d_l, d_ab, d_ab])
   g = _reinhard(g, frame, hard, cfg["color"], cfg["std"], offset)
+  if checker:
+    yy, xx = np.indices(g.shape[:2])
+    g = g * (1.0 + checker * np.where((yy + xx) % 2 == 0, 1.0, -1.0))[..., None].astype(g.dtype)
   out = mask[..., None] * g + (1 - mask[..., None]) * frame
   lm = frame_lm.copy()
   first = 17 if cfg["region"] == "inner_face" else 48
@@ -428,9 +435,21 @@ def forge(family: str, rng: np.random.Generator, frame: np.ndarray, frame_lm: np
 # ----------------------------------------------------------------------------- generation
 
 def default_params(**overrides) -> dict[str, Any]:
+  """The world's parameters with ``overrides``. ``checkerboard`` (a (min, max) range of the
+  trace amplitude e, default off) and ``checkerboard_sources`` (the families that get it,
+  default all four) enter the parameters (and the world's hash) only when on, so the
+  default world keeps its bytes and its fingerprint."""
+  checker = overrides.pop("checkerboard", 0) or 0
+  checker_sources = overrides.pop("checkerboard_sources", None)
   params = dict(seed=0, num_identities=120, expressions_per_identity=8, image_size=64,
                 sources=("real",) + FORGERY_SOURCES, split_fractions=(0.7, 0.15, 0.15),
                 noise=(0.012, 0.03), post_noise=(0.002, 0.006), version=GENERATOR_VERSION)
+  if checker:
+    lo, hi = (checker, checker) if np.isscalar(checker) else tuple(checker)
+    if not 0 < lo <= hi < 0.5:
+      raise ValueError(f"checkerboard={checker!r}: expected an amplitude (or (min, max)) in (0, 0.5)")
+    params["checkerboard"] = [float(lo), float(hi)]
+    params["checkerboard_sources"] = list(checker_sources or FORGERY_SOURCES)
   unknown = set(overrides) - set(params)
   if unknown:
     raise TypeError(f"unknown synthetic-world parameter(s) {sorted(unknown)}; allowed: {sorted(params)}")
@@ -543,7 +562,10 @@ def _video_task(args) -> list[dict]:
         g, g_lm = render(p, dict(exprs[j], smile=driver["smile"], open=driver["open"]), pose, bg, size,
                          texture=cfg["texture"])
         video = f"{fam}/{name}"
-      img, f_lm, blend = forge(fam, frng, frame, lm, g, g_lm)
+      checker = 0.0
+      if fam in params.get("checkerboard_sources", ()):  # its own stream: no other draw changes
+        checker = float(np.random.default_rng([seed, 9, i, j, k + 1]).uniform(*params["checkerboard"]))
+      img, f_lm, blend = forge(fam, frng, frame, lm, g, g_lm, checker)
       emit(fam, video, j, img, f_lm, frng, blend)
   return recs
 
@@ -594,6 +616,33 @@ def write_oracle_masks(dataset_dir: str | os.PathLike, *, workers: int | None = 
         bar.update()
   bar.close()
   return written
+
+
+ORACLE_COMPLETE = "complete.json"
+
+
+def ensure_oracle_masks(dataset_dir: str | os.PathLike, *, progress: bool = True,
+                        workers: int | None = None) -> str:
+  """The world's oracle masks written once (``write_oracle_masks``) and named in its manifest.
+
+  Every fake of the four families gets ``forgery_mask = masks_oracle/<its path>``
+  (the manifest is rewritten atomically, every other field kept); a marker file
+  makes this a no-op the next time. Returns ``dataset_dir``.
+  """
+  d = os.fspath(dataset_dir)
+  marker = os.path.join(d, ORACLE_DIR, ORACLE_COMPLETE)
+  if os.path.exists(marker):
+    return d
+  write_oracle_masks(d, workers=workers, progress=progress)
+  records = manifest.read(d)
+  for r in records:
+    rel = f"{ORACLE_DIR}/{r.path}"
+    if r.source in FORGERY_SOURCES and os.path.exists(os.path.join(d, rel)):
+      r.forgery_mask = rel
+  manifest.write(d, records)
+  with open(marker, "w") as f:
+    json.dump({"masks": sum(r.forgery_mask is not None for r in records)}, f)
+  return d
 
 
 def _fingerprint(params: dict[str, Any]) -> str:
