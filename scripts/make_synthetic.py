@@ -175,6 +175,11 @@ def main(argv=None) -> int:
   ap.add_argument("--probe_seed", type=int, default=0)
   ap.add_argument("--probe_train_aug", action="store_true", help="also train the probe on aug_* fakes")
   args = ap.parse_args(argv)
+  try:
+    synthetic.default_params(seed=args.seed, num_identities=args.num_identities,
+                             expressions_per_identity=args.expressions, image_size=args.image_size)
+  except (ValueError, TypeError) as e:
+    ap.error(str(e))
   t = time.time()
   d = synthetic.generate(args.out, seed=args.seed, num_identities=args.num_identities,
                          expressions_per_identity=args.expressions, image_size=args.image_size,

@@ -68,6 +68,14 @@ def main(argv=None):
     if not args.root:
       sys.exit("--layout ffpp needs --root")
     split_files = dict(s.split("=", 1) for s in args.split_file)
+    if args.splits and not os.path.isdir(args.splits):
+      print(f"error: --splits {args.splits!r} does not exist (a directory with FF++'s official train.json, "
+            "val.json and test.json)", file=sys.stderr)
+      return 2
+    for name, path in split_files.items():
+      if not os.path.exists(path):
+        print(f"error: --split_file {name}={path!r} does not exist", file=sys.stderr)
+        return 2
     if args.splits:
       for s in ("train", "val", "test"):
         path = os.path.join(args.splits, f"{s}.json")
@@ -107,4 +115,4 @@ class _DlibFactory:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

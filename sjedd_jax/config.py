@@ -183,3 +183,96 @@ def base_for_variant(variant_file: str, arg: str | None, base: str = "ffpp.py",
   if arg in twins:
     return load_config_file(os.path.join(configs_dir, twins[arg]), None)
   return load_config_file(os.path.join(configs_dir, base), arg)
+
+
+# ----------------------------------------------------------------- checks
+# Keys that may change when a run is resumed (how long, how often, where results go); every other
+# key defines the run (detector, model, data, losses, weighting, optimiser, seed, batch size).
+RESUMABLE_KEYS = ("total_steps", "num_epochs", "log_every", "eval_every", "ckpt_every", "keep_ckpts",
+                  "eval_batch_size", "test_sets", "compilation_cache_dir", "profile_steps", "profiler_port",
+                  "distributed", "data.cache_dir")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  items = d.items() if hasattr(d, "items") else []
+  for k, v in items:
+    key = f"{prefix}{k}"
+    if hasattr(v, "items"):
+      out.update(_flat(v, key + "."))
+    else:
+      out[key] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def run_defining(config) -> dict[str, Any]:
+  """The flat ``{dotted key: value}`` of the config keys that define a run (``RESUMABLE_KEYS`` left out)."""
+  d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  flat = _flat(d)
+  return {k: v for k, v in flat.items()
+          if not any(k == r or k.startswith(r + ".") for r in RESUMABLE_KEYS)}
+
+
+def config_diff(saved, new) -> list[str]:
+  """``["key: saved -> new", ...]`` over the run-defining keys of two configs (dicts or ConfigDicts)."""
+  a, b = run_defining(saved), run_defining(new)
+  out = []
+  for k in sorted(set(a) | set(b)):
+    va, vb = a.get(k, "<absent>"), b.get(k, "<absent>")
+    if va != vb:
+      out.append(f"{k}: {va!r} -> {vb!r}")
+  return out
+
+
+def _number(config, key: str):
+  node = config
+  for p in key.split("."):
+    if p not in node:
+      return None
+    node = node[p]
+  return node
+
+
+# (key, minimum, maximum, integer?) of the numeric fields every run has; the bounds are what a run
+# can use, not what is sensible (a learning rate of 5 is allowed, 1e30 and NaN are not).
+NUMERIC_CHECKS = (
+    ("seed", 0, 2 ** 32 - 1, True), ("batch_size", 1, None, True), ("eval_batch_size", 1, None, True),
+    ("total_steps", 0, None, True), ("num_epochs", 0, None, True), ("log_every", 1, None, True),
+    ("eval_every", 0, None, True), ("ckpt_every", 1, None, True), ("keep_ckpts", 1, None, True),
+    ("optim.lr", 0.0, 10.0, False), ("optim.weight_decay", 0.0, 10.0, False), ("optim.b1", 0.0, 1.0, False),
+    ("optim.b2", 0.0, 1.0, False), ("optim.eps", 0.0, 1.0, False), ("optim.warmup_steps", 0, None, True),
+    ("optim.eta_min", 0.0, 10.0, False), ("optim.momentum", 0.0, 1.0, False),
+    ("optim.clip_grad_norm", 0.0, None, False), ("optim.plateau_patience", 0, None, True),
+    ("weighting.lam_lr", 0.0, 10.0, False), ("weighting.radius", 0.0, None, False),
+    ("weighting.update_every", 1, None, True), ("data.image_size", 8, 4096, True),
+    ("data.perturb_probability", 0.0, 1.0, False), ("data.workers", 0, 512, True),
+)
+
+
+def validate(config) -> None:
+  """Refuses numeric config values a run cannot use (NaN, inf, out of range, non-integer counts),
+  naming every offending key at once (``ConfigError``)."""
+  import math  # pylint: disable=g-import-not-at-top
+  problems = []
+  for key, lo, hi, integer in NUMERIC_CHECKS:
+    v = _number(config, key)
+    if v is None:
+      continue
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      problems.append(f"config.{key}={v!r} is not a number")
+      continue
+    if not math.isfinite(v):
+      problems.append(f"config.{key}={v!r} is not finite")
+    elif integer and v != int(v):
+      problems.append(f"config.{key}={v!r} must be a whole number")
+    elif (lo is not None and v < lo) or (hi is not None and v > hi):
+      rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+      problems.append(f"config.{key}={v!r} must be {rng}")
+  for key in ("weighting.lam_init", "weighting.fixed", "weighting.primary"):
+    v = _number(config, key)
+    for x in (v if isinstance(v, (list, tuple)) else [v] if v is not None else []):
+      if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        problems.append(f"config.{key}={v!r} must hold finite numbers")
+        break
+  if problems:
+    raise ConfigError("invalid config: " + "; ".join(problems))

@@ -23,6 +23,13 @@ def abstract_train_state(config, detector, variables):
 def from_checkpoint(config, workdir: str, which: str = "best"):
   """``(Detector, Variables)`` of a workdir's "best" or "latest" checkpoint."""
   workdir = os.path.expanduser(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir!r} does not exist (give the training workdir with the checkpoints)")
+  sub = "best" if which == "best" else "ckpt"
+  steps = [d for d in os.listdir(os.path.join(workdir, sub))] if os.path.isdir(os.path.join(workdir, sub)) else []
+  if not any(d.isdigit() for d in steps):
+    raise FileNotFoundError(f"no {which} checkpoint in {workdir} (looked in {os.path.join(workdir, sub)}); "
+                            "train first, or pick --checkpoint=latest / an export directory")
   detector = detectors.make(config)
   variables = detector.init(config.seed)
   mesh = ts.data_mesh()

@@ -47,10 +47,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from sjedd_jax import inference
+from sjedd_jax import cli, inference
 from sjedd_jax.config import ConfigError
 from sjedd_jax.data import model_input
-from sjedd_jax.detectors.sjedd import explain as explain_lib
 from sjedd_jax.data import faces as faces_lib
 from sjedd_jax.data import videos
 
@@ -191,8 +190,11 @@ def predict_files(detector, variables, paths: Sequence[str], *,
     if plots_dir and detector.plot is not None:
       png = os.path.join(plots_dir, f"{i:04d}_{_safe_name(res['path'])}.png")
       title = f"{os.path.basename(res['path'])}: {res.get('explanation', f'P(fake) = {p_fake:.2f}')}"
-      detector.plot(mean, png, title=title, image=st.get("image"), threshold=threshold)
-      res["plot"] = png
+      try:
+        detector.plot(mean, png, title=title, image=st.get("image"), threshold=threshold)
+        res["plot"] = png
+      except OSError as e:  # an unwritable plots folder must not drop the scores
+        res["plot_error"] = f"could not write {png}: {e.strerror or e}"
     finish(i, res)
 
   def flush() -> None:
@@ -271,41 +273,49 @@ def load_model(*, export: str | None = None, release: str | None = None, config=
                         checkpoint=checkpoint, dtype=dtype)
 
 
-def define_flags() -> None:
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """The CLI's flags. Defined on demand, not at import: absl flags are global, and
   ``sjedd_jax.train``/``evaluate`` define ``--config``/``--workdir`` too, so importing
   this module next to them (a test session, a notebook) must not redefine them."""
-  config_flags.DEFINE_config_file("config", None, "Training config (with --workdir).", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints (with --config).")
-  flags.DEFINE_string("checkpoint", "best", "With --config/--workdir: best or latest.")
-  flags.DEFINE_string("export", None, "A model exported by training (WORKDIR/export).")
-  flags.DEFINE_string("release", None, "The authors' release checkpoint (.pth or converted dir).")
-  flags.DEFINE_string("dtype", None, "Compute dtype for --export/--release (float32, bfloat16).")
-  flags.DEFINE_string("out", None, "Write JSON lines here instead of stdout.")
-  flags.DEFINE_string("plots", None, "Directory for one PNG per file (the detector's picture: SJEDD's marginals).")
-  flags.DEFINE_integer("num_frames", 32, "Evenly sampled frames per video (<= 0: all).")
-  flags.DEFINE_bool("no_detect", False, "Inputs are face crops already: no detection/cropping.")
-  flags.DEFINE_integer("batch_size", 32, "Faces per model call (padded; one compilation).")
-  flags.DEFINE_float("threshold", 0.5, "A node is altered when its marginal is above this.")
-  flags.DEFINE_integer("upsample", 1, "dlib upsampling (1 finds faces down to ~40 px; 0 is faster).")
-  flags.DEFINE_float("crop_scale", 1.3, "Crop side / face box side (preprocessing's 1.3).")
+  config_flags.DEFINE_config_file("config", None, "Training config (with --workdir).", lock_config=True,
+                                  flag_values=fv)
+  flags.DEFINE_string("workdir", None, "Training workdir holding checkpoints (with --config).", flag_values=fv)
+  flags.DEFINE_string("checkpoint", "best", "With --config/--workdir: best or latest.", flag_values=fv)
+  flags.DEFINE_string("export", None, "A model exported by training (WORKDIR/export).", flag_values=fv)
+  flags.DEFINE_string("release", None, "The authors' release checkpoint (.pth or converted dir).", flag_values=fv)
+  flags.DEFINE_string("dtype", None, "Compute dtype for --export/--release (float32, bfloat16).", flag_values=fv)
+  flags.DEFINE_string("out", None, "Write JSON lines here instead of stdout.", flag_values=fv)
+  flags.DEFINE_string("plots", None, "Directory for one PNG per file (the detector's picture: SJEDD's marginals).",
+                      flag_values=fv)
+  flags.DEFINE_integer("num_frames", 32, "Evenly sampled frames per video (<= 0: all).", flag_values=fv)
+  flags.DEFINE_bool("no_detect", False, "Inputs are face crops already: no detection/cropping.", flag_values=fv)
+  flags.DEFINE_integer("batch_size", 32, "Faces per model call (padded; one compilation).", flag_values=fv)
+  flags.DEFINE_float("threshold", 0.5, "A node is altered when its marginal is above this.", flag_values=fv)
+  flags.DEFINE_integer("upsample", 1, "dlib upsampling (1 finds faces down to ~40 px; 0 is faster).",
+                       flag_values=fv)
+  flags.DEFINE_float("crop_scale", 1.3, "Crop side / face box side (preprocessing's 1.3).", flag_values=fv)
   flags.DEFINE_integer("crop_size", 317, "Side the crop is saved at before resizing to the model's "
-                       "input, as in preprocessing (0: native).")
+                       "input, as in preprocessing (0: native).", flag_values=fv)
 
 
-def main(argv):
-  f = flags.FLAGS
-  if not f["verbosity"].present:
+def main(argv, fv: flags.FlagValues = flags.FLAGS):
+  f = fv
+  if "verbosity" not in f or not f["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   inputs = argv[1:]
   if not inputs:
     raise app.UsageError("give image/video files or folders to predict")
-  try:
-    detector, variables = load_model(export=f.export, release=f.release, config=f.config,
-                                     workdir=f.workdir, checkpoint=f.checkpoint, dtype=f.dtype)
-  except (ConfigError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  for what, d in (("--plots", f.plots), ("--out", os.path.dirname(os.path.abspath(f.out)) if f.out else None)):
+    if d:  # output locations first: nothing is scored for results that could not be written
+      try:
+        os.makedirs(d, exist_ok=True)
+      except OSError as e:
+        raise ConfigError(f"{what}: cannot create {d!r} ({e.strerror})") from None
+      if not os.access(d, os.W_OK):
+        raise ConfigError(f"{what}: {d!r} is not writable")
+  config = cli.config_value(f["config"]) if f["config"].present else None
+  detector, variables = load_model(export=f.export, release=f.release, config=config,
+                                   workdir=f.workdir, checkpoint=f.checkpoint, dtype=f.dtype)
   face_detector = None if f.no_detect else faces_lib.DlibDetector(upsample=f.upsample)
   out = open(f.out, "w") if f.out else sys.stdout  # pylint: disable=consider-using-with
 
@@ -328,4 +338,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -96,6 +96,21 @@ def truncate_after(path: str | os.PathLike, step: int) -> int:
   return dropped
 
 
+def drop_records(path: str | os.PathLike, drop) -> int:
+  """Removes the records of a metrics JSONL file for which ``drop(record)`` is true (atomically)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return 0
+  recs = read_jsonl(path)
+  keep = [r for r in recs if not drop(r)]
+  if len(keep) != len(recs):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in keep))
+    os.replace(tmp, path)
+  return len(recs) - len(keep)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """All records of a metrics JSONL file (a directory means its ``metrics.jsonl``)."""
   path = os.fspath(path)

@@ -92,7 +92,42 @@ def parse_line(line: str, where: str) -> Record:
   d["video_id"] = str(d["video_id"])
   if "identity" in d:
     d["identity"] = str(d["identity"])
+  _check_types(d, where)
   return Record(**d)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+
+def _check_types(d: dict, where: str) -> None:
+  """Field types of a manifest row, each error naming the row (``file:line``) and the field."""
+  for key in ("path", "source", "forgery_mask", "method"):
+    v = d.get(key)
+    if v is not None and (not isinstance(v, str) or (key in ("path", "source") and not v)):
+      raise ManifestError(f"{where}: {key} {v!r} must be a non-empty string")
+  if not isinstance(d.get("frame", 0), int) or isinstance(d.get("frame", 0), bool):
+    raise ManifestError(f"{where}: frame {d['frame']!r} must be an integer")
+  for key in ("y", "observed"):
+    v = d.get(key)
+    if v is None:
+      continue
+    if not isinstance(v, list):
+      raise ManifestError(f"{where}: {key} must be a list of numbers, got {v!r}")
+    bad = [(i, x) for i, x in enumerate(v) if not _is_number(x)]
+    if bad:
+      i, x = bad[0]
+      raise ManifestError(f"{where}: {key}[{i}] = {x!r} is not a number")
+  seq = d.get("sequence")
+  if seq is not None and (not isinstance(seq, list) or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                               for x in seq)):
+    raise ManifestError(f"{where}: sequence must be a list of integer component ids, got {seq!r}")
+  lm = d.get("landmarks")
+  if lm is not None:
+    ok = isinstance(lm, list) and all(isinstance(p, list) and len(p) == 2 and all(_is_number(c) for c in p)
+                                      for p in lm)
+    if not ok:
+      raise ManifestError(f"{where}: landmarks must be a list of [x, y] number pairs")
 
 
 def read(dataset_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[Record]:

@@ -205,8 +205,9 @@ class LoadExample:
         return videos.read_image(path), i
       except videos.VideoError as e:
         if not self.skip_unreadable:
-          raise videos.VideoError(f"unreadable training image (record {i}): {e}; "
-                                  "set skip_unreadable=True to replace such records") from e
+          raise videos.VideoError(f"unreadable image (record {i} of {self.data_dir}/manifest.jsonl): {e}. Replace "
+                                  "the file, or set config.data.skip_unreadable=True to skip such records (each "
+                                  "skip is counted and logged); a rerun resumes from the last checkpoint") from e
         self.skipped += 1
         logging.warning("skipping unreadable image %s (record %d; %d skipped in this process)",
                         path, i, self.skipped)

@@ -457,6 +457,11 @@ def default_params(**overrides) -> dict[str, Any]:
   params["sources"] = list(params["sources"])
   params["split_fractions"] = list(params["split_fractions"])
   params["noise"], params["post_noise"] = list(params["noise"]), list(params["post_noise"])
+  for key, lo, hi in (("seed", 0, 2 ** 32 - 1), ("num_identities", 2, 100_000), ("expressions_per_identity", 1, 10_000),
+                      ("image_size", 16, 2048)):
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+      raise ValueError(f"synthetic world: {key}={v!r} must be a whole number in [{lo}, {hi}]")
   bad = [s for s in params["sources"] if s not in ("real",) + FORGERY_SOURCES]
   if bad:
     raise ValueError(f"unknown source(s) {bad}; expected among {('real',) + FORGERY_SOURCES}")

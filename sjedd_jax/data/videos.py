@@ -78,11 +78,37 @@ def sample_frames(path: str, num_frames: int = 32) -> Iterator[tuple[int, np.nda
   yield from got
 
 
+# Decoded images larger than this are refused before decoding (a 20000 x 20000 PNG would take 1.2 GB).
+MAX_PIXELS = 64_000_000
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+  """(width, height) from the image header without decoding it; None when PIL cannot tell."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      return im.size
+  except Image.DecompressionBombError as e:  # PIL's own guard, at 2 x its limit: far beyond ours too
+    import re  # pylint: disable=g-import-not-at-top
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    n = int(m.group(1)) if m else MAX_PIXELS + 1
+    side = int(n ** 0.5)
+    return side, -(-n // side)
+  except Exception:  # pylint: disable=broad-except  (cv2 decides whether the file is an image)
+    return None
+
+
 def read_image(path: str) -> np.ndarray:
-  """(H, W, 3) uint8 RGB image; ``VideoError`` naming the file if it cannot be decoded."""
+  """(H, W, 3) uint8 RGB image; ``VideoError`` naming the file if it cannot be decoded or is
+  larger than ``MAX_PIXELS``."""
   data = np.fromfile(path, np.uint8) if os.path.exists(path) else None
   if data is None:
     raise VideoError(f"{path}: no such file")
+  size = image_size(path)
+  if size is not None and size[0] * size[1] > MAX_PIXELS:
+    raise VideoError(f"{path}: {size[0]} x {size[1]} pixels ({size[0] * size[1] / 1e6:.0f} MP), more than the "
+                     f"{MAX_PIXELS / 1e6:.0f} MP this reader decodes (sjedd_jax.data.videos.MAX_PIXELS); resize "
+                     "or crop it first")
   img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
   if img is None:
     raise VideoError(f"{path}: not a decodable image")

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from sjedd_jax.backbones.clip.modeling import CLIP, CLIPConfig
-from sjedd_jax.weights import CheckpointError
+from sjedd_jax.weights import CheckpointError, check_keys, check_values
 
 
 # Keys present in real checkpoints that the model does not use.
@@ -400,16 +400,8 @@ def assign(model: CLIP, flat: Mapping[str, Any], where: str = "checkpoint") -> C
   state = nnx.state(model, nnx.Param)
   variables = {_path_str(path): var for path, var in nnx.to_flat_state(state)}
   shapes = flatten_shapes(model)
-  missing = sorted(set(shapes) - set(flat))
-  unexpected = sorted(set(flat) - set(shapes))
-  bad = sorted(f"{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {shapes[k]}"
-               for k in set(flat) & set(shapes) if tuple(np.shape(flat[k])) != shapes[k])
-  if missing or unexpected or bad:
-    raise CheckpointError(
-        f"{where} does not match the model:"
-        + (f"\n  missing ({len(missing)}): {missing}" if missing else "")
-        + (f"\n  unexpected ({len(unexpected)}): {unexpected}" if unexpected else "")
-        + (f"\n  shape mismatch ({len(bad)}): {bad}" if bad else ""))
+  check_keys(shapes, flat, where, "the model")
+  check_values({k: flat[k] for k in shapes}, where)
   for k, var in variables.items():
     if _STACKED.match(k):
       value = np.stack([np.asarray(flat[_per_layer_key(k, i)]) for i in range(var.shape[0])])

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from sjedd_jax.backbones.resnet.modeling import ResNet, ResNetConfig, get_config
-from sjedd_jax.weights import CheckpointError, read_state_dict, strip_prefixes
+from sjedd_jax.weights import CheckpointError, check_values, read_state_dict, strip_prefixes, to_numpy
 
 # The prefix SeqFakeFormer (DETR's Backbone in a Joiner) puts before its ResNet's keys.
 DETR_BODY_PREFIX = "backbone.0.body."
@@ -74,15 +74,6 @@ def key_table(cfg: ResNetConfig) -> list[tuple[str, str, str]]:
           for module, leaves in _module_names(cfg) for leaf, (nnx_leaf, kind) in leaves.items()]
 
 
-def _to_numpy(v: Any) -> np.ndarray:
-  if hasattr(v, "detach"):  # a torch.Tensor
-    v = v.detach().cpu()
-    if v.is_floating_point():
-      v = v.float()
-    return v.numpy()
-  return np.asarray(v)
-
-
 def normalise_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """torchvision/timm/SeqFakeFormer/DDP state dict -> {torch ResNet key: numpy array}.
 
@@ -94,7 +85,7 @@ def normalise_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
   if any(k.startswith(DETR_BODY_PREFIX) for k in sd):
     sd = {k: v for k, v in sd.items() if k.startswith(DETR_BODY_PREFIX)}
     sd = strip_prefixes(sd, (DETR_BODY_PREFIX,))
-  return {k: _to_numpy(v) for k, v in sd.items() if not _DROPPED.match(k)}
+  return {k: to_numpy(v) for k, v in sd.items() if not _DROPPED.match(k)}
 
 
 def _count(keys, pattern: str) -> int:
@@ -176,6 +167,7 @@ def assign(model: ResNet, sd: Mapping[str, Any], where: str = "state dict") -> R
         + (f"\n  missing ({len(missing)}): {missing}" if missing else "")
         + (f"\n  unexpected ({len(unexpected)}): {unexpected}" if unexpected else "")
         + (f"\n  shape mismatch ({len(bad)}): {bad}" if bad else ""))
+  check_values({t: sd[t] for t, _, _ in table}, where)
   for t, p, kind in table:
     value = np.asarray(sd[t], np.float32)
     if kind == "conv":

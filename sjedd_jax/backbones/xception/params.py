@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from sjedd_jax.backbones.xception.modeling import Xception, XceptionConfig, get_config
-from sjedd_jax.weights import CheckpointError, read_state_dict, strip_prefixes
+from sjedd_jax.weights import CheckpointError, check_keys, check_values, read_state_dict, strip_prefixes, to_numpy
 
 __all__ = ["CheckpointError", "assign", "flatten", "key_table", "load_pretrained", "normalise_state_dict",
            "to_state_dict", "torch_to_nnx"]
@@ -78,22 +78,13 @@ def key_table(cfg: XceptionConfig) -> list[tuple[str, str, tuple[int, ...]]]:
   return [(torch_key(p), p, tuple(var.shape)) for p, var in _variables(model).items()]
 
 
-def _numpy(v) -> np.ndarray:
-  if hasattr(v, "detach"):  # a torch.Tensor
-    v = v.detach().cpu()
-    if v.is_floating_point():
-      v = v.float()
-    return v.numpy()
-  return np.asarray(v)
-
-
 def normalise_state_dict(sd: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Strips DDP's ``module.``; keeps only the ``backbone_net.*`` keys (stripped) of a LiSiam
   checkpoint; values become numpy arrays."""
   sd = strip_prefixes(dict(sd), ("module.",))
   if any(k.startswith(_LISIAM_PREFIX) for k in sd):
     sd = {k[len(_LISIAM_PREFIX):]: v for k, v in sd.items() if k.startswith(_LISIAM_PREFIX)}
-  return {k: _numpy(v) for k, v in sd.items()}
+  return {k: to_numpy(v) for k, v in sd.items()}
 
 
 def _to_nnx(v: np.ndarray, path: str) -> np.ndarray:
@@ -147,16 +138,8 @@ def assign(model: Xception, flat: Mapping[str, Any], where: str = "checkpoint") 
   checks every name and shape first."""
   variables = _variables(model)
   shapes = {k: tuple(var.shape) for k, var in variables.items()}
-  missing = sorted(set(shapes) - set(flat))
-  unexpected = sorted(set(flat) - set(shapes))
-  bad = sorted(f"{k}: checkpoint {tuple(np.shape(flat[k]))} vs model {shapes[k]}"
-               for k in set(flat) & set(shapes) if tuple(np.shape(flat[k])) != shapes[k])
-  if missing or unexpected or bad:
-    raise CheckpointError(
-        f"{where} does not match the Xception model:"
-        + (f"\n  missing ({len(missing)}): {missing}" if missing else "")
-        + (f"\n  unexpected ({len(unexpected)}): {unexpected}" if unexpected else "")
-        + (f"\n  shape mismatch ({len(bad)}): {bad}" if bad else ""))
+  check_keys(shapes, flat, where, "the Xception model")
+  check_values({k: flat[k] for k in shapes}, where)
   for k, var in variables.items():
     var.set_value(jnp.asarray(flat[k], jnp.float32))
   return model
