@@ -1,6 +1,6 @@
 """Baselines for the benchmark: the release's training step, and a fresh-forward step.
 
-Two step builders with the interface of ``train_step.make_train_step``
+Two step makers with the interface of ``train_step.make_train_step``
 (``step(state, train_batch, val_batch) -> (state, metrics)`` on a
 ``train_step.TrainState``), so the benchmark and the tests can swap them for
 the optimised step:

@@ -196,11 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
 def apply_overrides(c: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(c.to_dict())
   for key, value in overrides.items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
+    config_lib.set_dotted(c, key, value)
   return c
 
 

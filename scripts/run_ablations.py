@@ -18,7 +18,6 @@ held-out methods with ``--set data.train_sources=Deepfakes``).
 from __future__ import annotations
 
 import argparse
-import ast
 import glob
 import importlib.util
 import json
@@ -57,21 +56,6 @@ def describe(path: str) -> tuple[str, str]:
   return getattr(mod, "TABLE", "other"), getattr(mod, "ROW", base[:-3])
 
 
-def _set(config, key: str, text: str) -> None:
-  node = config
-  *path, last = key.split(".")
-  for p in path:
-    node = node[p]
-  old = node[last] if last in node else None
-  if isinstance(old, str) or old is None:
-    value = text
-  elif isinstance(old, bool):
-    value = text.lower() in ("1", "true", "yes")
-  else:
-    value = type(old)(ast.literal_eval(text)) if not isinstance(old, tuple) else tuple(ast.literal_eval(text))
-  node[last] = value
-
-
 def build_config(path: str, arg: str | None, steps: int | None, sets: list[str]):
   c = config_lib.load_config_file(path, arg if os.path.basename(path) not in ("synthetic.py", "ffpp.py") else None)
   if steps and (c.total_steps or c.num_epochs):  # a zero-shot config (no steps at all) stays so
@@ -84,7 +68,7 @@ def build_config(path: str, arg: str | None, steps: int | None, sets: list[str])
     if "=" not in item:
       raise SystemExit(f"--set {item!r}: expected key=value")
     k, v = item.split("=", 1)
-    _set(c, k.strip(), v.strip())
+    config_lib.parse_dotted(c, k.strip(), v.strip())
   return c
 
 
