@@ -29,7 +29,7 @@ def tiny_config(cache, **over):
   from configs import synthetic
   c = tiny.shrink(synthetic.get_config(), cache)
   c.total_steps, c.log_every, c.eval_every, c.ckpt_every = 2, 1, 2, 2
-  c.optim.warmup_steps = 1
+  c.optim.schedule = "constant"   # no step count baked into the compiled step: runs of any length share it
   for k, v in over.items():
     config_lib.set_dotted(c, k, v)
   return c
@@ -101,28 +101,28 @@ def test_resume_with_another_config_is_refused_then_accepted_or_fresh(finished, 
   wider = tiny_config(cache, **{"model.clip_overrides.vision_width": 96})
   code, err = run_train(capsys, wider, workdir)
   assert code == 2 and "model.clip_overrides.vision_width" in one_line_error(err)
-  # --fresh: the old run moves aside, a new one starts.
+  # --fresh: the old run moves aside, a new one starts (another seed: the same compiled step).
   copy = tmp_path / "w"
   shutil.copytree(workdir, copy)
-  code, err = run_train(capsys, other, copy, "--fresh")
+  code, err = run_train(capsys, tiny_config(cache, seed=1), copy, "--fresh")
   assert code == 0, err[-2000:]
   moved = [d for d in os.listdir(copy) if d.startswith("previous_")]
   assert len(moved) == 1 and json.load(open(copy / moved[0] / "metrics.json")) == before
-  assert json.load(open(copy / "config.json"))["optim"]["lr"] == 2e-3
+  assert json.load(open(copy / "config.json"))["seed"] == 1
 
 
 def test_accept_config_resumes_with_the_new_config(finished, cache, capsys, tmp_path):
   _, workdir = finished
   copy = tmp_path / "w"
   shutil.copytree(workdir, copy)
-  longer = tiny_config(cache, **{"optim.lr": 2e-3})
+  longer = tiny_config(cache, **{"data.hflip": False})
   longer.total_steps = 4
   code, err = run_train(capsys, longer, copy, "--accept_config")
   assert code == 0, err[-2000:]
   assert "resuming from step 2 of 4" in err                        # printed without -v
   assert json.load(open(copy / "metrics.json"))["steps"] == 4
   history = [json.loads(l) for l in open(copy / "config_history.jsonl")]
-  assert any("optim.lr" in c for c in history[-1]["changes"])
+  assert any("data.hflip" in c for c in history[-1]["changes"])
 
 
 # --------------------------------------------------------------------------- 2. divergence
