@@ -17,6 +17,7 @@ P(x) = max_k tanh(D_k / (2 tau)) = tanh(D* / (2 tau)), D* = max over the k grid
     L_CLS = mean_b [l_MIL + (1 - J) l_Reg]
     L_BCE^X = mean_b sum_i BCE(f^X_i, y_i)        X in {U, V}, from logits
     L_Rank  = mean_b sum_i w_i BCE(f_i, y_i)      w: rank weights, stop-gradient
+              (``rank_target="graded"`` [I]: targets descending with r instead of y_i)
 
 Rank weights (section 3, restated Eq. 14): o = predicted rank (1 = largest
 score, ties to the lower index); w_i = alpha if y_i = 0 and o_i > |Y|, else
@@ -43,6 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 LOSS_NAMES = ("cls", "bce_u", "bce_v", "rank")
+RANK_TARGETS = ("binary", "graded")
+GRADED_SPAN = 0.4   # "graded" targets run from 1 (first edit) down to 1 - GRADED_SPAN (L-th)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +58,11 @@ class LossConfig:
     k_grid: number of k values on the fixed grid round(linspace(1, n-1, k_grid)), or "all".
     reg_reduce: "mean" over the n pairs (default) or "sum" (Eq. 11 as printed).
     z_min: lower clamp of D*/(2 tau) inside -log P(x) (the spec's 1e-6).
+    rank_target: the target of l in L_Rank: "binary" (y_i, Eq. 13 as printed) or "graded"
+      ([I], beyond the paper: ``rank_targets``, descending with the manipulation order).
+    rank_floor: lower bound of w_i / alpha for manipulated components (0: Eq. 14; 1 [I], beyond
+      the paper: a correctly placed component keeps weight alpha instead of 0, so "graded"
+      targets hold a learned order in place).
   """
 
   tau: float = 0.1
@@ -62,6 +70,8 @@ class LossConfig:
   k_grid: int | str = 100
   reg_reduce: str = "mean"
   z_min: float = 1e-6
+  rank_target: str = "binary"
+  rank_floor: float = 0.0
 
   def __post_init__(self):
     if self.tau <= 0:
@@ -70,6 +80,10 @@ class LossConfig:
       raise ValueError(f"LossConfig.reg_reduce must be 'mean' or 'sum', got {self.reg_reduce!r}")
     if not (self.k_grid == "all" or (isinstance(self.k_grid, int) and self.k_grid >= 1)):
       raise ValueError(f"LossConfig.k_grid must be a positive int or 'all', got {self.k_grid!r}")
+    if not self.rank_floor >= 0:
+      raise ValueError(f"LossConfig.rank_floor must be >= 0, got {self.rank_floor!r}")
+    if self.rank_target not in RANK_TARGETS:
+      raise ValueError(f"LossConfig.rank_target must be one of {RANK_TARGETS}, got {self.rank_target!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -195,20 +209,46 @@ def predicted_ranks(scores: jax.Array) -> jax.Array:
   return (jnp.argsort(order, axis=-1, stable=True) + 1).astype(jnp.int32)
 
 
-def rank_weights(scores: jax.Array, y: jax.Array, r: jax.Array, alpha: float = 1.0) -> jax.Array:
+def rank_weights(scores: jax.Array, y: jax.Array, r: jax.Array, alpha: float = 1.0,
+                 floor: float = 0.0) -> jax.Array:
   """w (B, L) of L_Rank (restated Eq. 14), with stop-gradient.
 
   w_i = alpha if y_i = 0 and o_i > |Y|; alpha |o_i - L| if y_i = 0 and o_i <= |Y|;
   alpha |o_i - r_i| if y_i = 1 (the last two are one formula since r_i = L off Y).
-  ``scores`` are the fused logits f (or probabilities P; same order).
+  ``scores`` are the fused logits f (or probabilities P; same order). ``floor`` > 0 ([I],
+  beyond the paper): w_i >= alpha floor for y_i = 1.
   """
   scores = jax.lax.stop_gradient(scores)
   o = predicted_ranks(scores)
   yb = y > 0.5
   size = jnp.sum(yb, axis=-1, keepdims=True)
   err = jnp.abs(o - r.astype(jnp.int32)).astype(jnp.float32)
+  if floor:
+    err = jnp.where(yb, jnp.maximum(err, float(floor)), err)
   w = alpha * jnp.where(~yb & (o > size), 1.0, err)
   return jax.lax.stop_gradient(w)
+
+
+def rank_targets(y: jax.Array, r: jax.Array, kind: str = "binary") -> jax.Array:
+  """The targets of l in L_Rank (B, L): y ("binary", the paper), or "graded" [I, beyond the paper]:
+  t_i = 1 - GRADED_SPAN (r_i - 1) / (L - 1) for i in Y (1, 0.9, ..., 0.6 for L = 5), 0 off Y.
+
+  Why "graded" exists: with y as the target, l_i can only push a manipulated component's P_i
+  UP, so the weights w (nonzero only on misplaced components) can pull a pair of swapped
+  components level but never push the one ranked too high down; where the detection cue
+  itself orders the components backwards (the synthetic twin: the first edit leaves the
+  weakest trace) the correct order is then not a stable point of the loss. Targets that
+  descend with r give the misplaced later component a pull down as well; all stay above
+  0.5, so the predicted set {P_i > 0.5} is unchanged.
+  """
+  yf = y.astype(jnp.float32)
+  if kind == "binary":
+    return yf
+  if kind != "graded":
+    raise ValueError(f"rank target must be one of {RANK_TARGETS}, got {kind!r}")
+  num = y.shape[-1]
+  t = 1.0 - GRADED_SPAN * (r.astype(jnp.float32) - 1.0) / max(num - 1, 1)
+  return yf * jnp.clip(t, 0.0, 1.0)
 
 
 def _batch_mean(x: jax.Array, valid: jax.Array | None) -> jax.Array:
@@ -255,8 +295,9 @@ def loss_vector_and_aux(outputs: Mapping[str, jax.Array], batch: Mapping[str, ja
   bce_u = jnp.sum(bce_with_logits(outputs["fU"], y), axis=-1)
   bce_v = jnp.sum(bce_with_logits(outputs["fV"], y), axis=-1)
   f = outputs["f"]
-  w = rank_weights(f, y, r, cfg.alpha) if rank_weights_ is None else jax.lax.stop_gradient(rank_weights_)
-  rank = jnp.sum(w * bce_with_logits(f, y), axis=-1)
+  w = (rank_weights(f, y, r, cfg.alpha, cfg.rank_floor) if rank_weights_ is None
+       else jax.lax.stop_gradient(rank_weights_))
+  rank = jnp.sum(w * bce_with_logits(f, rank_targets(y, r, cfg.rank_target)), axis=-1)
   vec = jnp.stack([_batch_mean(x, valid) for x in (cls, bce_u, bce_v, rank)])
   return vec, {"mil_prob": mil_prob, "rank_weights": w}
 

@@ -1,0 +1,23 @@
+r"""Table 3 row V: L_BCE^V + L_CLS + L_Rank (Seq-FaceComp Fixed-Acc 72.87, ResNet-50).
+
+    python -m sjedd_jax.train --config configs/mil_ranking/table3_v.py:synthetic --workdir /tmp/t3_v
+
+An override of ``table3_vi.py`` (the full model) with the same argument: none for
+Seq-FaceComp R50, ``:synthetic`` for the CPU twin.
+"""
+
+import os
+
+from sjedd_jax import config as config_lib
+
+TABLE = "MIL 3"
+ROW = "V: L_BCE^V + L_CLS + L_Rank"
+
+
+def get_config(arg=None):
+  c = config_lib.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "table3_vi.py"), arg)
+  c.model.use_bce_u = False
+  c.model.use_bce_v = True
+  c.model.use_cls = True
+  c.model.use_rank = True
+  return c
