@@ -110,3 +110,36 @@ def task_losses(outputs: Mapping[str, jax.Array], y: jax.Array, *, tau: float = 
   l_ce = bce_with_logits(outputs["logit"], y)
   l_sc = supcon(outputs["z"], y, tau=tau, denominator=denominator, reduction=reduction, scale=scale)
   return jnp.stack([l_ce, l_sc])
+
+
+def cosine_separation(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mean cosine of z within class and across classes (spec section 9 check 2; Fig. 7 made numeric).
+
+  ``within`` averages z_i . z_j / (|z_i| |z_j|) over all ordered pairs i != j with
+  y_i = y_j, ``across`` over the pairs with y_i != y_j; for two classes both come from
+  the class sums in O(B d). NaN where a set of pairs is empty.
+
+  Args:
+    z: (B, d) embeddings.
+    y: (B,) binary labels (1 = fake).
+
+  Returns:
+    ``(within, across)``, float32 scalars; the separation is ``within - across``.
+  """
+  z = jnp.asarray(z, jnp.float32)
+  y = jnp.asarray(y)
+  if z.ndim != 2 or y.shape != z.shape[:1]:
+    raise ValueError(f"cosine_separation: expected z (B, d) and y (B,), got z {tuple(z.shape)} and y {tuple(y.shape)}")
+  u = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+  fake = (y > 0.5).astype(jnp.float32)[:, None]
+  s1 = jnp.sum(u * fake, axis=0)
+  s0 = jnp.sum(u * (1.0 - fake), axis=0)
+  n1 = jnp.sum(fake)
+  n0 = z.shape[0] - n1
+  sq = jnp.sum(u * u, axis=-1)  # 1, or 0 for a zero vector
+  self1 = jnp.sum(sq * fake[:, 0])
+  self0 = jnp.sum(sq * (1.0 - fake[:, 0]))
+  within_pairs = n1 * (n1 - 1.0) + n0 * (n0 - 1.0)
+  within = (jnp.dot(s1, s1) - self1 + jnp.dot(s0, s0) - self0) / within_pairs
+  across = jnp.dot(s0, s1) / (n0 * n1)
+  return within, across

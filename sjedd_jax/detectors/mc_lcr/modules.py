@@ -310,10 +310,12 @@ class MCLCRHead(nnx.Module):
     dropout_rate: rate of the dropout on F_MM and on F_E (0.5).
     ssrb: keep the three SSF in F_MM (False: Table 5 row 2).
     papda: keep the frequency branch, AF and PF (False: Table 5 row 3).
+    gf: keep GF in F_MM (False together with ``ssrb=False``: the frequency branch alone,
+      spec section 9 check 3; then no backbone tap is read).
     ssrb_norm: normalisation of the Gram matrix, "none" / "hw" (default) / "chw".
     dtype: compute dtype of the linear layers (None: float32).
 
-  Call: ``head(taps, image01, train=..., rng=...)`` with ``taps`` holding ``"gf"`` (and
+  Call: ``head(taps, image01, train=..., rng=...)`` with ``taps`` holding ``"gf"`` (when ``gf``) (and
   ``"act2"``, ``"block2_in"``, ``"block3_in"`` when ``ssrb``) and the [0, 1] image
   (needed when ``papda``); ``rng`` is required when training with dropout (split
   into the two dropout sites). Returns a dict: ``logit`` (B,), ``z`` (B, z_dim) unit
@@ -325,13 +327,15 @@ class MCLCRHead(nnx.Module):
                heads: int = 4, token_hidden: int = 256, channel_hidden: int = 256, mixer_depth: int = 2,
                tap_channels: Sequence[int] = (64, 128, 256), gf_dim: int = 1024, fe_dim: int = 1024,
                z_dim: int = 128, dropout_rate: float = 0.5, ssrb: bool = True, papda: bool = True,
-               ssrb_norm: str = "hw", dtype=None, rngs: nnx.Rngs):
+               gf: bool = True, ssrb_norm: str = "hw", dtype=None, rngs: nnx.Rngs):
     if ssrb_norm not in SSRB_NORMS:
       raise ValueError(f"MCLCRHead: ssrb_norm {ssrb_norm!r} not one of {list(SSRB_NORMS)}")
     if len(tuple(tap_channels)) != len(TAP_NAMES):
       raise ValueError(f"MCLCRHead: tap_channels needs {len(TAP_NAMES)} values (for {TAP_NAMES}), got {tap_channels}")
     if not 0.0 <= dropout_rate < 1.0:
       raise ValueError(f"MCLCRHead: dropout_rate must be in [0, 1), got {dropout_rate}")
+    if not (ssrb or papda or gf):
+      raise ValueError("MCLCRHead: ssrb, papda and gf are all off: F_MM would be empty")
     hw = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     if len(hw) != 2 or patch <= 0 or hw[0] % patch or hw[1] % patch:
       raise ValueError(f"MCLCRHead: image_size {image_size} is not divisible into {patch}x{patch} patches")
@@ -346,6 +350,7 @@ class MCLCRHead(nnx.Module):
     self.dropout_rate = float(dropout_rate)
     self.use_ssrb = bool(ssrb)
     self.use_papda = bool(papda)
+    self.use_gf = bool(gf)
     self.ssrb_norm = ssrb_norm
     if self.use_papda:
       self.papda = PAPDA(patch * patch, self.token_dim, heads, dtype=dt, rngs=rngs)
@@ -355,7 +360,7 @@ class MCLCRHead(nnx.Module):
                               dtype=dt, rngs=rngs)
     else:
       self.papda = self.mixer_a = self.mixer_p = None
-    self.fused_dim = ((sum(self.tap_channels) if self.use_ssrb else 0) + self.gf_dim
+    self.fused_dim = ((sum(self.tap_channels) if self.use_ssrb else 0) + (self.gf_dim if self.use_gf else 0)
                       + (2 * self.token_dim if self.use_papda else 0))
     self.embed = _linear(self.fused_dim, fe_dim, dt, rngs)  # F_E
     self.proj = _linear(fe_dim, z_dim, dt, rngs)  # z
@@ -371,13 +376,15 @@ class MCLCRHead(nnx.Module):
 
   def __call__(self, taps: Mapping[str, jax.Array], image01: jax.Array | None = None, *, train: bool,
                rng: jax.Array | None = None) -> dict[str, jax.Array]:
-    if "gf" not in taps:
-      raise ValueError(f"MCLCRHead: taps lack 'gf'; got keys {sorted(taps)}")
-    gf = taps["gf"]
-    if gf.ndim == 4:
-      gf = jnp.mean(gf.astype(jnp.float32), axis=(1, 2))
-    if gf.ndim != 2 or gf.shape[-1] != self.gf_dim:
-      raise ValueError(f"MCLCRHead: tap 'gf' has shape {tuple(taps['gf'].shape)}, expected (B, {self.gf_dim})")
+    gf = None
+    if self.use_gf:
+      if "gf" not in taps:
+        raise ValueError(f"MCLCRHead: taps lack 'gf'; got keys {sorted(taps)}")
+      gf = taps["gf"]
+      if gf.ndim == 4:
+        gf = jnp.mean(gf.astype(jnp.float32), axis=(1, 2))
+      if gf.ndim != 2 or gf.shape[-1] != self.gf_dim:
+        raise ValueError(f"MCLCRHead: tap 'gf' has shape {tuple(taps['gf'].shape)}, expected (B, {self.gf_dim})")
     out: dict[str, jax.Array] = {}
     parts = []
     if self.use_ssrb:
@@ -390,7 +397,8 @@ class MCLCRHead(nnx.Module):
         ssf.append(ssrb_features(taps[name], self.ssrb_norm))
       out["ssf"] = jnp.concatenate(ssf, axis=-1)
       parts.append(out["ssf"])
-    parts.append(gf.astype(jnp.float32))
+    if gf is not None:
+      parts.append(gf.astype(jnp.float32))
     if self.use_papda:
       if image01 is None:
         raise ValueError("MCLCRHead: the frequency branch (papda=True) needs the [0, 1] image")
