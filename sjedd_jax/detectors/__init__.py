@@ -29,6 +29,9 @@ __all__ = ["NAMES", "Detector", "ModuleHandle", "Variables", "defaults", "get", 
 NAMES = {
     "sjedd": "sjedd_jax.detectors.sjedd",
     "jedd": "sjedd_jax.detectors.jedd",
+    "lisiam": "sjedd_jax.detectors.lisiam",
+    "mc_lcr": "sjedd_jax.detectors.mc_lcr",
+    "mil_ranking": "sjedd_jax.detectors.mil_ranking",
 }
 
 EXPORT_META = "detector.json"   # {"detector": name, ...} in every export directory
