@@ -25,7 +25,8 @@ with a face); a file that cannot be used gets ``{"path", "kind", "error"}``
 ("unreadable image: ...", "no face detected", ...) and the run goes on. The exit
 code is 0 unless no file at all could be scored. ``--plots DIR`` writes the
 detector's picture of each file (``Detector.plot``; SJEDD: a bar chart of the
-marginals).
+marginals; LiSiam: the localisation map over the face). A plot function that takes a
+``face`` argument gets the face crop the model saw (of the first face of a video).
 
 From Python (no subprocess)::
 
@@ -35,6 +36,7 @@ From Python (no subprocess)::
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -132,6 +134,22 @@ def _safe_name(path: str) -> str:
   return name[:100]
 
 
+def _face_uint8(x: np.ndarray, mean, std) -> np.ndarray:
+  """The face crop the model saw (its normalised input undone), uint8 RGB."""
+  from sjedd_jax.backbones import clip as clip_backbone  # pylint: disable=g-import-not-at-top
+  mean = np.asarray(clip_backbone.MEAN if mean is None else mean, np.float32)
+  std = np.asarray(clip_backbone.STD if std is None else std, np.float32)
+  return np.clip(np.round((np.asarray(x, np.float32) * std + mean) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _accepts(fn, name: str) -> bool:
+  try:
+    params = inspect.signature(fn).parameters
+  except (TypeError, ValueError):
+    return False
+  return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def predict_files(detector, variables, paths: Sequence[str], *,
                   face_detector: faces_lib.Detector | None, num_frames: int = 32, batch_size: int = 32,
                   threshold: float = 0.5, crop_scale: float = 1.3, crop_size: int | None = 317,
@@ -191,7 +209,8 @@ def predict_files(detector, variables, paths: Sequence[str], *,
       png = os.path.join(plots_dir, f"{i:04d}_{_safe_name(res['path'])}.png")
       title = f"{os.path.basename(res['path'])}: {res.get('explanation', f'P(fake) = {p_fake:.2f}')}"
       try:
-        detector.plot(mean, png, title=title, image=st.get("image"), threshold=threshold)
+        kwargs = {"face": st["face"]} if _accepts(detector.plot, "face") else {}
+        detector.plot(mean, png, title=title, image=st.get("image"), threshold=threshold, **kwargs)
         res["plot"] = png
       except OSError as e:  # an unwritable plots folder must not drop the scores
         res["plot_error"] = f"could not write {png}: {e.strerror or e}"
@@ -248,7 +267,8 @@ def predict_files(detector, variables, paths: Sequence[str], *,
     if kind == "video" and len(inputs) < len(frames):
       res["frames_without_face"] = len(frames) - len(inputs)
     pending[i] = {"result": res, "outputs": [None] * len(inputs), "need": len(inputs), "meta": meta,
-                  "image": frames[0][1] if kind == "image" else None}
+                  "image": frames[0][1] if kind == "image" else None,
+                  "face": _face_uint8(inputs[0], detector.mean, detector.std)}
     for slot, x in enumerate(inputs):
       queue.append((i, slot, x))
       if len(queue) == pred.batch_size:

@@ -185,3 +185,14 @@ def test_model_source_errors(tmp_path):
     predict.load_model(export=str(tmp_path))
   with pytest.raises(FileNotFoundError, match="does not exist"):
     predict.load_model(release=str(tmp_path / "nope.pth"))
+
+
+def test_plot_gets_the_face_the_model_saw():
+  """A plot function taking ``face`` gets the model input with its normalisation undone (uint8)."""
+  rgb = (np.arange(16 * 16 * 3) % 251).astype(np.uint8).reshape(16, 16, 3)
+  mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+  x = model_input.preprocess_np(rgb, 16, mean, std)
+  np.testing.assert_array_equal(predict._face_uint8(x, mean, std), rgb)
+  assert predict._accepts(lambda outputs, path, *, face=None: None, "face")
+  assert predict._accepts(lambda outputs, path, **kw: None, "face")
+  assert not predict._accepts(lambda outputs, path, *, image=None: None, "face")

@@ -25,9 +25,11 @@ know about one method, and nothing else::
   shared pipeline stacks them into the batch under these keys.
 * Host-side hooks: ``eval_metrics(outputs, labels) -> dict`` (the detector's own
   metrics over a whole split, merged into the results under ``"detector"`` unless
-  it returns top-level keys such as SJEDD's ``"nodes"``), ``describe(outputs) ->
-  dict`` (JSON fields of ``predict`` for one file: outputs averaged over its faces),
-  ``plot(outputs, image, path)`` (a picture for one file), ``export(variables,
+  it returns top-level keys such as SJEDD's ``"nodes"``; ``labels`` holds the
+  ``label_fn`` arrays plus ``is_fake`` and ``video`` (ids, for video-level votes)),
+  ``describe(outputs) -> dict`` (JSON fields of ``predict`` for one file: outputs
+  averaged over its faces), ``plot(outputs, path, *, title, image, threshold[,
+  face])`` (a picture for one file; ``face``: the crop the model saw), ``export(variables,
   out_dir, config)`` (an inference export ``detectors.load_export`` reads back) and
   ``param_labels(params) -> pytree of group names`` (optimiser groups: per-group
   learning rates, frozen groups), ``bind(params, state)`` (the NNX module with
