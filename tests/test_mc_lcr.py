@@ -1,6 +1,8 @@
-"""MC-LCR as a detector (spec mc_lcr.md): parameter counts, the compiled step on 4 devices == 1 device
-(BatchNorm, dropout and SupCon over the sharded batch), backbone weights, export / load / predict, and
-a two-step training run of the twin through ``sjedd_jax.train`` with its export predicted on a PNG."""
+"""MC-LCR as a detector (spec mc_lcr.md): parameter counts, the depthwise switch, the compiled step on
+4 devices == 1 device (BatchNorm, dropout and SupCon over the sharded batch), backbone weights, export /
+load, and a two-step training run of the twin through ``sjedd_jax.train`` with its export predicted on a
+PNG. Helpers shared with tests/test_mc_lcr_configs.py and tests/test_mc_lcr_ablations.py: ``tiny_config``
+and ``shared_cache`` (each file declares its own ``cache`` fixture from it)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from flax import nnx
 
 from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
 from sjedd_jax.config import ConfigError
-from sjedd_jax.detectors import mc_lcr
+from sjedd_jax.detectors import interface, mc_lcr
 from sjedd_jax.detectors.mc_lcr import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,6 +41,9 @@ def tiny_config(cache, base: str = "synthetic.py", arg=None):
   # act2 16 ch, block2_in 16, block3_in 32; GF 96), far less to compile.
   c.model.backbone_overrides = ml_collections.ConfigDict(dict(entry_widths=(16, 32), entry_reps=1, middle_reps=1,
                                                               exit_reps=1))
+  # The same function as the default "shifted" (test_shifted_depthwise_is_the_grouped_conv) in fewer
+  # HLO ops: less to compile at these sizes, where compiling dominates.
+  c.model.depthwise = "xla"
   c.model.patch = 8                     # 16 tokens of width 64
   c.model.token_hidden = c.model.channel_hidden = 16
   c.model.mixer_depth = 1
@@ -50,15 +55,19 @@ def tiny_config(cache, base: str = "synthetic.py", arg=None):
   return c
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """The tiny world and a persistent XLA cache, shared by tests/test_mc_lcr*.py in one session
+def shared_cache(tmp_path_factory):
+  """The tiny world's folder and a persistent XLA cache, one per session for tests/test_mc_lcr*.py
   (tests compiling the same program, e.g. the task losses or predict, then compile it once)."""
   from sjedd_jax import train
   d = tmp_path_factory.getbasetemp() / "mc_lcr_cache"
   d.mkdir(exist_ok=True)
   train.enable_compilation_cache(str(d / "xla"))
   return d
+
+
+@pytest.fixture(scope="module", name="cache")
+def cache_fixture(tmp_path_factory):
+  return shared_cache(tmp_path_factory)
 
 
 # ------------------------------------------------------------------ sizes
@@ -105,6 +114,46 @@ def test_config_errors_name_the_field():
   c.model.backbone = "resnet"
   with pytest.raises(ConfigError, match="backbone"):
     mc_lcr.make(c)
+  c = config_lib.base_config("mc_lcr")
+  c.model.depthwise = "grouped"
+  with pytest.raises(ConfigError, match="depthwise"):
+    mc_lcr.make(c)
+  assert config_lib.base_config("mc_lcr").model.depthwise == "shifted"
+
+
+def test_shifted_depthwise_is_the_grouped_conv(cache):
+  """``model.depthwise="shifted"`` (the default) and ``"xla"``: the same parameters under the same paths,
+  the same outputs and BatchNorm statistics in training mode, the same gradient."""
+  from sjedd_jax.backbones.xception import modeling as xception_modeling
+  c = tiny_config(cache)
+  xla = model_lib.MCLCR(mc_lcr.model_config(c), rngs=nnx.Rngs(0))
+  c.model.depthwise = "shifted"
+  shifted = nnx.eval_shape(lambda: model_lib.MCLCR(mc_lcr.model_config(c), rngs=nnx.Rngs(0)))
+  model_lib.assign(shifted, model_lib.flatten(xla))      # the same variable paths (else: ValueError)
+  kinds = lambda m: {type(x.conv1).__name__ for _, x in nnx.iter_modules(m)
+                     if isinstance(x, xception_modeling.SeparableConv2d)}
+  assert kinds(shifted) == {"ShiftedDepthwise"} and kinds(xla) == {"Conv"}
+  x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32))
+  y = jnp.asarray([0.0, 1.0, 0.0, 1.0])
+
+  batch = {"image": x, "y": y[:, None]}
+
+  def run(module):   # the detector's training losses (BatchNorm batch statistics, dropout) and their gradient
+    handle = interface.ModuleHandle("mc_lcr")
+    params, state = handle.split(module)
+    det = mc_lcr.detector_from(module.config, mc_lcr.loss_options(c), None, handle)
+
+    def loss(params, state):
+      losses, new_state, _ = det.task_losses(params, state, batch, jax.random.key(0), True)
+      return jnp.sum(losses), (losses, new_state)
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params, state)
+
+  (_, (oa, sa)), ga = run(shifted)
+  (_, (ob, sb)), gb = run(xla)
+  np.testing.assert_allclose(np.asarray(oa), np.asarray(ob), rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), sa, sb)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), ga, gb)
 
 
 # ------------------------------------------------------------------ weights
@@ -254,9 +303,9 @@ def test_export_round_trip(cache, tmp_path):
   c = tiny_config(cache)
   det = mc_lcr.make(c)
   v = det.init(0)
-  # Non-trivial BatchNorm statistics: one training forward.
-  _, state, _ = jax.jit(lambda p, s, b, k: det.task_losses(p, s, b, k, True))(
-      v.params, v.state, {k: jnp.asarray(x) for k, x in _batch(np.random.default_rng(2)).items()}, jax.random.key(0))
+  # Non-trivial BatchNorm statistics (positive variances) without compiling a training forward.
+  rng = np.random.default_rng(2)
+  state = jax.tree.map(lambda a: jnp.asarray(rng.uniform(0.5, 1.5, a.shape).astype(a.dtype)), v.state)
   v = detectors.Variables(v.params, state)
   out = det.export(v, str(tmp_path / "exp"), c)
   assert sorted(os.listdir(out)) == ["detector.json", "mc_lcr.json", "model.safetensors"]
@@ -273,6 +322,11 @@ def test_export_round_trip(cache, tmp_path):
   np.testing.assert_array_equal(np.asarray(a["p_fake"]), np.asarray(b["p_fake"]))
   assert a["p_fake"].shape == (4,) and np.all((np.asarray(a["p_fake"]) > 0) & (np.asarray(a["p_fake"]) < 1))
   np.testing.assert_allclose(np.linalg.norm(np.asarray(a["z"]), axis=1), 1.0, rtol=1e-5)
+  # The logit's exact split over SSF, GF, AF, PF and the bias.
+  assert a["branch_logit"].shape == (4, 5)
+  np.testing.assert_allclose(np.asarray(a["branch_logit"]).sum(-1), np.asarray(a["logit"]), rtol=1e-4, atol=1e-5)
+  d = mc_lcr.describe_branches({k: np.asarray(v)[0] for k, v in a.items()})
+  assert set(d["branch_logit"]) == {"ssf", "gf", "af", "pf", "bias"} and "largest part" in d["branches"]
   det16, v16 = detectors.load_export(out, dtype="bfloat16")
   assert det16.bind(*v16).config.backbone.dtype == "bfloat16"
   # Non-default SupCon options travel with the export.

@@ -1,6 +1,7 @@
 """Every MC-LCR config is one file away (configs/mc_lcr/): the paper's recipe, the ablation switches
-changing exactly what they name, two compiled training steps of the paper's configs on a tiny world,
-and the twin through ``sjedd_jax.train`` (validation, test, export) and ``predict``."""
+changing exactly what they name, every paper config's training step traced on a tiny world (the
+compiled step: tests/test_mc_lcr.py), and the twin through ``sjedd_jax.train`` (validation, test,
+export) and ``predict``."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ import pytest
 
 from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
 from sjedd_jax.data import datasets, pipeline
-from tests.test_mc_lcr import CONFIGS, cache, tiny_config  # noqa: F401  (cache: the shared world, XLA cache)
+from tests.test_mc_lcr import CONFIGS, shared_cache, tiny_config
 
 ABLATIONS = os.path.join(CONFIGS, "ablations")
+
+
+@pytest.fixture(scope="module", name="cache")
+def cache_fixture(tmp_path_factory):
+  return shared_cache(tmp_path_factory)
 
 # What each ablation file changes relative to its base (written out independently of the files).
 EXPECTED = {
@@ -83,9 +89,50 @@ def test_each_ablation_changes_exactly_what_it_names(arg, tmp_path, monkeypatch)
     assert mod.TABLE and mod.ROW, name
 
 
-# ------------------------------------------------------------------ two steps of every config
-def two_steps(config):
-  """Two compiled training steps with the config's own optimiser and weighting."""
+# ------------------------------------------------------------------ every config's step, traced
+def trace_step(config):
+  """The config's complete training step (its own model switches, optimiser and weighting) traced
+  abstractly with ``jax.eval_shape``: nothing is compiled. Returns the detector, the abstract model
+  (for its switches) and the step's metrics (shapes)."""
+  det = detectors.make(config)
+  variables = jax.eval_shape(lambda: det.init(config.seed))
+  opt = optim.make(config.optim, total_steps=2, steps_per_epoch=1, params=variables.params,
+                   labels=det.param_labels(variables.params))
+  weighting = ts.weighting_from_config(config, det, steps_per_epoch=1)
+  step = ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay)
+  state = jax.eval_shape(lambda v: ts.init_state(v, opt.tx, weighting), variables)
+  batch = ts.abstract_batch(det, config.batch_size)
+  new_state, metrics = jax.eval_shape(step, state, batch, batch)
+  assert {"loss/ce", "loss/supcon", "accuracy", "z_cos_gap", "lambda"} <= set(metrics)
+  assert metrics["loss/ce"].shape == metrics["loss/supcon"].shape == () and metrics["lambda"].shape == (2,)
+  assert jax.tree.structure(new_state.model_state) == jax.tree.structure(state.model_state)
+  assert jax.tree.structure(new_state.params) == jax.tree.structure(state.params)
+  module = det.bind(*variables)
+  head = module.head
+  assert (head.use_ssrb, head.use_papda) == (config.model.ssrb, config.model.papda)
+  assert (head.papda is None) == (not config.model.papda)
+  # SSF 16 + 16 + 32 and GF 96 of the test backbone; AF, PF 64 each (P = 8).
+  assert head.fused_dim == (64 if config.model.ssrb else 0) + 96 + (128 if config.model.papda else 0)
+  return det, module, metrics
+
+
+# The paper's configs and the twin; the ablation rows are in tests/test_mc_lcr_ablations.py. The
+# compiled step runs in tests/test_mc_lcr.py (4 devices == 1), the twin below (train.run) and the
+# bi-level rows (tests/test_mc_lcr_ablations.py).
+@pytest.mark.parametrize("rel", ["ffpp_c23.py", "ffpp_c40.py", "celebdf.py", "synthetic.py"])
+def test_config_step_traces(rel, cache):
+  config = tiny_config(cache, rel)
+  if rel == "celebdf.py":   # the cross-dataset test set: here the tiny world's own test split
+    config.test_sets = f"CDF={datasets.dataset_dir(config, progress=False)}"
+    assert list(datasets.test_sets(config, "x")) == ["test", "CDF"]
+  trace_step(config)
+  assert (config.weighting.kind, tuple(config.weighting.fixed)) == ("fixed", (0.5, 0.5))
+
+
+# ------------------------------------------------------------------ compiled steps (bi-level)
+def two_steps(config, mesh):
+  """Two compiled training steps on ``mesh`` with the config's own optimiser and weighting, on
+  batches of the data pipeline."""
   det = detectors.make(config)
   data_dir = datasets.dataset_dir(config, progress=False)
   cfg = datasets.data_config(config, det, data_dir, "train", train=True)
@@ -95,7 +142,6 @@ def two_steps(config):
                    labels=det.param_labels(variables.params))
   weighting = ts.weighting_from_config(config, det, steps_per_epoch=1)
   step = ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay)
-  mesh = ts.data_mesh()
   state = ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)
   before = jax.device_get(state.params)
   compiled = ts.compile_train_step(step, mesh)
@@ -110,17 +156,14 @@ def two_steps(config):
   return det, out, before, jax.device_get(state), fakes
 
 
-def check_two_steps(rel, cache, optim_name=None):
-  """Two steps of configs/mc_lcr/``rel`` at test size (``optim_name``: another optimiser); checks the
-  batch balance, the losses, lambda and the model's switches."""
+def check_two_steps(rel, cache, optim_name=None, devices=1):
+  """Two steps of configs/mc_lcr/``rel`` at test size on ``devices`` devices (``optim_name``: another
+  optimiser); checks the batch balance, the losses, lambda and the model's switches."""
   config = tiny_config(cache, rel)
   if optim_name:
     config.optim.name = optim_name
   config.optim.warmup_steps = min(config.optim.warmup_steps, 1)
-  if rel == "celebdf.py":   # the cross-dataset test set: here the tiny world's own test split
-    config.test_sets = f"CDF={datasets.dataset_dir(config, progress=False)}"
-    assert list(datasets.test_sets(config, "x")) == ["test", "CDF"]
-  det, metrics, before, state, fakes = two_steps(config)
+  det, metrics, before, state, fakes = two_steps(config, ts.data_mesh(jax.devices()[:devices]))
   assert fakes == [4, 4]                # 4 real + 4 fake in every batch of 8
   for m in metrics:
     assert all(np.isfinite(np.asarray(v)).all() for v in m.values()), m
@@ -133,17 +176,7 @@ def check_two_steps(rel, cache, optim_name=None):
     np.testing.assert_array_equal(lam, config.weighting.fixed)
   head = det.bind(state.params, state.model_state).head
   assert head.use_ssrb == config.model.ssrb and head.use_papda == config.model.papda
-  assert (head.papda is None) == (not config.model.papda)
-  # SSF 16 + 16 + 32 and GF 96 of the test backbone; AF, PF 64 each (P = 8).
-  assert head.fused_dim == (64 if config.model.ssrb else 0) + 96 + (128 if config.model.papda else 0)
   return config, metrics
-
-
-# The paper's configs and the full model share one compiled program at test size (the twin has its
-# own schedule); the ablation switches are in tests/test_mc_lcr_ablations.py.
-@pytest.mark.parametrize("rel", ["ffpp_c23.py", "ffpp_c40.py", "celebdf.py", "ablations/full.py", "synthetic.py"])
-def test_two_training_steps(rel, cache):
-  check_two_steps(rel, cache)
 
 
 def test_twin_trains_evaluates_exports_and_predicts(cache, tmp_path):
@@ -170,8 +203,23 @@ def test_twin_trains_evaluates_exports_and_predicts(cache, tmp_path):
   det, variables = detectors.load_export(str(export))
   bn = jax.device_get(variables.state)["backbone"]["bn1"]["var"]
   assert not np.allclose(bn, 1.0)                         # trained BatchNorm statistics were exported
+  rng = np.random.default_rng(4)
   png = str(tmp_path / "face.png")
-  cv2.imwrite(png, np.random.default_rng(4).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+  cv2.imwrite(png, rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+  avi = str(tmp_path / "clip.avi")            # a 5-frame face video: P(fake) per frame and for the video
+  w = cv2.VideoWriter(avi, cv2.VideoWriter_fourcc(*"MJPG"), 10, (48, 40))
+  for _ in range(5):
+    w.write(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+  w.release()
+  (tmp_path / "plots").mkdir()
   # batch 16: the evaluator's program (eval_batch_size), compiled once.
-  (res,) = predict_lib.predict_files(det, variables, [png], face_detector=None, progress=False, batch_size=16)
+  res, vid = predict_lib.predict_files(det, variables, [png, avi], face_detector=None, progress=False,
+                                       batch_size=16, num_frames=3, plots_dir=str(tmp_path / "plots"))
   assert "error" not in res and 0.0 < res["p_fake"] < 1.0 and res["num_faces"] == 1
+  assert "error" not in vid and vid["kind"] == "video" and vid["num_frames"] == 3 and 0.0 < vid["p_fake"] < 1.0
+  assert len(vid["frames"]) == 3 and all(0.0 < f["p_fake"] < 1.0 for f in vid["frames"])
+  # What each branch contributes to the logit: exact (sums to it), in the JSON and as a chart.
+  for r in (res, vid):
+    assert sum(r["branch_logit"].values()) == pytest.approx(r["logit"], abs=1e-4)
+    assert os.path.getsize(r["plot"]) > 1000
+  assert set(results["test"]["branch_gap"]) == {"ssf", "gf", "af", "pf"}

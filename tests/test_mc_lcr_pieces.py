@@ -191,6 +191,26 @@ def test_twin_output_shapes_and_switches(twin):
     assert o["f_mm"].shape == (4, dim) and keys == set(o) - {"logit", "z", "f_e", "f_mm"}
 
 
+def test_branch_contributions_split_the_inference_logit(twin):
+  head, _, params, apply = twin
+  taps, img = _twin_inputs()
+  ev = apply(params, taps, img, False, None)
+  parts = np.asarray(head.branch_contributions(ev["f_mm"]))
+  assert parts.shape == (4, 5) and head.branch_names == ("ssf", "gf", "af", "pf")
+  np.testing.assert_allclose(parts.sum(-1), np.asarray(ev["logit"]), rtol=1e-4, atol=1e-5)
+  # A part switched off contributes 0; the others still sum to the logit.
+  h = _twin_head(papda=False)
+  f = jnp.asarray(np.random.default_rng(3).normal(size=(2, h.fused_dim)), jnp.float32)
+  parts = np.asarray(h.branch_contributions(f))
+  assert h.branch_names == ("ssf", "gf") and np.all(parts[:, 2:4] == 0)
+  logit = np.asarray(h.classifier(h.embed(f)))[:, 0]
+  np.testing.assert_allclose(parts.sum(-1), logit, rtol=1e-4, atol=1e-5)
+  # The per-class gap of each part (the zero reference cancels).
+  from sjedd_jax.detectors import mc_lcr
+  gap = mc_lcr.branch_gap(np.array([[1.0, 2, 3, 4, 5], [3.0, 2, 1, 0, 5]]), np.array([0, 1]))
+  assert gap == {"ssf": 2.0, "gf": 0.0, "af": -2.0, "pf": -4.0}
+
+
 def test_twin_gradients_and_bfloat16(twin):
   _, graphdef, params, apply = twin
   taps, img = _twin_inputs()

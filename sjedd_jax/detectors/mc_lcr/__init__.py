@@ -82,6 +82,7 @@ def model_defaults() -> ml_collections.ConfigDict:
       reduction="mean",                # "mean" or "sum" (Eq. 13 as printed)
       scale=1.0))                      # SupContrast's temperature / base_temperature (1.43 at 0.1 / 0.07)
   m.dtype = "float32"                  # compute dtype; "bfloat16" for speed (parameters stay float32)
+  m.depthwise = "shifted"              # backbone depthwise 3x3: "shifted" (fast on XLA:CPU) or "xla" (same function)
   return m
 
 
@@ -170,6 +171,59 @@ def embedding_metrics(z, y) -> dict[str, float]:
   return {"within_cos": within, "across_cos": across, "cos_gap": within - across}
 
 
+BRANCHES = ("ssf", "gf", "af", "pf", "bias")
+BRANCH_LABELS = {"ssf": "SSF (Gram, shallow)", "gf": "GF (Xception)", "af": "AF (amplitude)",
+                 "pf": "PF (phase)", "bias": "bias"}
+
+
+def describe_branches(outputs: Mapping[str, Any]) -> dict[str, Any]:
+  """``predict``'s JSON fields of one file (outputs averaged over its faces): the logit and its exact
+  split over the parts of F_MM (``MCLCRHead.branch_contributions``), and a sentence."""
+  if "branch_logit" not in outputs:
+    return {}
+  parts = {n: float(v) for n, v in zip(BRANCHES, np.asarray(outputs["branch_logit"]).reshape(-1))}
+  logit = float(np.asarray(outputs.get("logit", sum(parts.values()))))
+  top = max((n for n in BRANCHES[:4]), key=lambda n: abs(parts[n]))
+  return {"logit": logit, "branch_logit": parts,
+          "branches": (f"logit {logit:+.2f} = " + " ".join(f"{parts[n]:+.2f} ({n})" for n in BRANCHES)
+                       + f"; the largest part: {BRANCH_LABELS[top]} (each part measured from a zero feature)")}
+
+
+def branch_gap(branch_logit, y) -> dict[str, float]:
+  """Per part of F_MM: its mean logit contribution on the fake faces minus that on the real ones (the
+  zero-feature reference cancels; the parts' gaps sum to the gap of the mean logits). NaN without
+  both classes."""
+  b = np.asarray(branch_logit, np.float64)
+  y = np.asarray(y).reshape(-1) > 0.5
+  if not y.any() or y.all():
+    return {n: float("nan") for n in BRANCHES[:4]}
+  gap = b[y].mean(0) - b[~y].mean(0)
+  return {n: float(g) for n, g in zip(BRANCHES[:4], gap[:4])}
+
+
+def plot_branches(outputs, path: str, *, title: str, image=None, threshold: float = 0.5):
+  """A bar chart of the logit's exact split over SSF, GF, AF, PF and the bias (``predict --plots``)."""
+  del image
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  d = describe_branches(outputs)
+  if not d:
+    raise ValueError("outputs lack 'branch_logit' (an MC-LCR predict output)")
+  vals = [d["branch_logit"][n] for n in BRANCHES]
+  fig, ax = plt.subplots(figsize=(6, 3))
+  ax.barh([BRANCH_LABELS[n] for n in BRANCHES][::-1], vals[::-1],
+          color=["#c44" if v > 0 else "#48c" for v in vals[::-1]])
+  ax.axvline(0, color="k", lw=0.8)
+  t = float(np.log(threshold / (1 - threshold))) if 0 < threshold < 1 else 0.0
+  ax.set_xlabel(f"contribution to the logit (sum {d['logit']:+.2f}; fake above {t:+.2f}); from a zero feature")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 def detector_from(cfg, loss_opts: Mapping[str, Any], init: Callable[[int], interface.Variables],
                   handle: interface.ModuleHandle, config=None) -> interface.Detector:
   """The ``Detector`` of an MC-LCR model ``cfg`` (``model.MCLCRConfig``) built by ``init``."""
@@ -195,17 +249,22 @@ def detector_from(cfg, loss_opts: Mapping[str, Any], init: Callable[[int], inter
     return losses, handle.state_of(model), {"accuracy": acc, "z_cos_gap": within - across}
 
   def predict(params, state, images):
-    _, out = forward(params, state, images, False, None)
-    return {"p_fake": jax.nn.sigmoid(out["logit"]), "z": out["z"]}
+    model, out = forward(params, state, images, False, None)
+    return {"p_fake": jax.nn.sigmoid(out["logit"]), "z": out["z"], "logit": out["logit"],
+            "branch_logit": model.head.branch_contributions(out["f_mm"])}
 
   def eval_metrics(outputs, labels):
     if "z" not in outputs or "y" not in labels:
       return {}
-    return {"embedding": embedding_metrics(outputs["z"], np.asarray(labels["y"]).reshape(-1))}
+    y = np.asarray(labels["y"]).reshape(-1)
+    out = {"embedding": embedding_metrics(outputs["z"], y)}
+    if "branch_logit" in outputs:
+      out["branch_gap"] = branch_gap(outputs["branch_logit"], y)
+    return out
 
   def describe(outputs, **kwargs):
-    del outputs, kwargs
-    return {}
+    del kwargs
+    return describe_branches(outputs)
 
   def export_fn(variables, out_dir, run_config=None):
     return export(merge(jax.device_get(variables.params), jax.device_get(variables.state)), out_dir,
@@ -218,7 +277,7 @@ def detector_from(cfg, loss_opts: Mapping[str, Any], init: Callable[[int], inter
       name=NAME, task_names=TASK_NAMES, batch_keys=("image",) + LABEL_KEYS, label_fn=label_fn, init=init,
       task_losses=task_losses, predict=predict, image_size=int(cfg.image_size), mean=tuple(cfg.mean),
       std=tuple(cfg.std), primary=(1.0, 0.0), eval_metrics=eval_metrics, describe=describe, export=export_fn,
-      param_labels=param_labels, bind=merge)
+      param_labels=param_labels, bind=merge, plot=plot_branches)
 
 
 def build_module(config, cfg=None, seed: int = 0):

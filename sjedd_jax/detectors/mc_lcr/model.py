@@ -31,6 +31,7 @@ from sjedd_jax.detectors.mc_lcr import modules
 
 DTYPES = ("float32", "bfloat16")
 GF_LAYERS = ("block12", "act4")
+DEPTHWISE = ("shifted", "xla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,10 @@ class MCLCRConfig:
       is the frequency branch alone and builds no backbone).
     ssrb_norm: Gram normalisation "none" / "hw" / "chw".
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+    depthwise: how the backbone's 3x3 stride-1 depthwise convs run: "shifted" (nine shifted
+      multiply-adds, ``xception.use_shifted_depthwise``; the default: XLA:CPU runs grouped convs
+      far slower) or "xla" (``nnx.Conv`` with ``feature_group_count=C``). The same function,
+      parameters and variable paths: an export of one loads into the other.
     mean, std: the input normalisation the model undoes for the spectra.
   """
 
@@ -68,6 +73,7 @@ class MCLCRConfig:
   gf: bool = True
   ssrb_norm: str = "hw"
   dtype: str = "float32"
+  depthwise: str = "shifted"
   mean: tuple[float, float, float] = xception.MEAN
   std: tuple[float, float, float] = xception.STD
 
@@ -80,6 +86,8 @@ class MCLCRConfig:
       raise ValueError(f"MCLCRConfig: dtype {self.dtype!r} not one of {list(DTYPES)}")
     if self.image_size <= 0 or self.patch <= 0 or self.image_size % self.patch:
       raise ValueError(f"MCLCRConfig: image_size {self.image_size} is not a multiple of the patch size {self.patch}")
+    if self.depthwise not in DEPTHWISE:
+      raise ValueError(f"MCLCRConfig: depthwise {self.depthwise!r} not one of {list(DEPTHWISE)}")
     if self.ssrb_norm not in modules.SSRB_NORMS:
       raise ValueError(f"MCLCRConfig: ssrb_norm {self.ssrb_norm!r} not one of {list(modules.SSRB_NORMS)}")
     if not (self.ssrb or self.papda or self.gf):
@@ -160,7 +168,7 @@ def from_model_config(m, image_size: int) -> MCLCRConfig:
                      token_dim=int(m.get("token_dim", 0) or 0), heads=int(m.heads), token_hidden=int(m.token_hidden), channel_hidden=int(m.channel_hidden),
                      mixer_depth=int(m.mixer_depth), fe_dim=int(m.fe_dim), z_dim=int(m.z_dim),
                      dropout=float(m.dropout), ssrb=bool(m.ssrb), papda=bool(m.papda), gf=bool(m.get("gf", True)),
-                     ssrb_norm=m.ssrb_norm, dtype=dtype)
+                     ssrb_norm=m.ssrb_norm, dtype=dtype, depthwise=m.get("depthwise", "shifted"))
 
 
 class MCLCR(nnx.Module):
@@ -177,6 +185,8 @@ class MCLCR(nnx.Module):
     cfg = config or MCLCRConfig()
     self.config = cfg
     self.backbone = xception.Xception(cfg.backbone, rngs=rngs) if cfg.uses_backbone else None
+    if self.backbone is not None and cfg.depthwise == "shifted":
+      xception.use_shifted_depthwise(self.backbone)
     self.head = modules.MCLCRHead(**cfg.head_kwargs(), rngs=rngs)
 
   def unnormalise(self, x: jax.Array) -> jax.Array:

@@ -366,6 +366,35 @@ class MCLCRHead(nnx.Module):
     self.proj = _linear(fe_dim, z_dim, dt, rngs)  # z
     self.classifier = _linear(fe_dim, 1, dt, rngs)  # logit
 
+  @property
+  def branch_names(self) -> tuple[str, ...]:
+    """The parts of F_MM in order (those switched on): "ssf", "gf", "af", "pf"."""
+    return tuple(n for n, on in (("ssf", self.use_ssrb), ("gf", self.use_gf), ("af", self.use_papda),
+                                 ("pf", self.use_papda)) if on)
+
+  def branch_contributions(self, f_mm: jax.Array) -> jax.Array:
+    """The inference logit split exactly over the parts of F_MM: (B, 5) = [SSF, GF, AF, PF, bias]
+    (0 for a part switched off), in float32.
+
+    With dropout off, logit = w_c . (W_E f_mm + b_E) + b_c is linear in F_MM (no activation between
+    F_MM, F_E and the logit), so part k contributes (W_E^T w_c)[k] . f_mm[k] and the bias is
+    w_c . b_E + b_c; the five sum to the logit (up to rounding). A contribution is measured from a
+    zero feature, not from an average real face.
+    """
+    k_e = self.embed.kernel[...].astype(jnp.float32)                 # (fused, fe)
+    k_c = self.classifier.kernel[...].astype(jnp.float32)[:, 0]      # (fe,)
+    v = k_e @ k_c                                                    # (fused,)
+    bias = self.embed.bias[...].astype(jnp.float32) @ k_c + self.classifier.bias[...].astype(jnp.float32)[0]
+    sizes = {"ssf": sum(self.tap_channels), "gf": self.gf_dim, "af": self.token_dim, "pf": self.token_dim}
+    f = f_mm.astype(jnp.float32)
+    cols, start = {}, 0
+    for name in self.branch_names:
+      n = sizes[name]
+      cols[name] = f[:, start:start + n] @ v[start:start + n]
+      start += n
+    zero = jnp.zeros(f.shape[:1], jnp.float32)
+    return jnp.stack([cols.get(n, zero) for n in ("ssf", "gf", "af", "pf")] + [zero + bias], axis=-1)
+
   def frequency_features(self, image01: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[0, 1] image -> (AF, PF), each (B, D)."""
     if tuple(image01.shape[1:3]) != self.image_hw:
