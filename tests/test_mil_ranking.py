@@ -1,12 +1,12 @@
 """The mil_ranking detector: labels, config checks, frozen stages, the step on 1 and 4 devices, jitter.
 
-A tiny training run (evaluation, export, predict JSON) is tests/test_mil_ranking_run.py; every config
-file trains two steps in tests/test_mil_ranking_configs.py.
+A tiny training run (bi-level weighting, evaluation, export, predict JSON) is tests/test_mil_ranking_run.py; the
+config files' steps are traced in tests/test_mil_ranking_configs.py.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 
 import jax
@@ -23,6 +23,11 @@ from sjedd_jax.detectors import mil_ranking as mil
 from sjedd_jax.detectors.mil_ranking import augment, labels as labels_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# XLA:CPU's backend (LLVM) at -O0 for the tests' own programs: about half the compile time of the default level on
+# the tiny model (16.7 s -> 7.7 s for the step on the loaded 2-core machine), the same values within the tests'
+# tolerances. Not for the whole run of tests/test_mil_ranking_run.py: its bi-level step compiled at -O0 gave NaN
+# gradients on the first step (jax 0.10.2; at the default level it is finite), so that run keeps the trainer's.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def tiny_config(world: str, cache, **model):
@@ -133,7 +138,10 @@ def test_pretrained_backbone_frozen_stages_and_param_groups(tmp_path, cache):
   from safetensors.numpy import save_file
   from sjedd_jax.backbones import resnet
   from flax import nnx
-  ref = resnet.ResNet(resnet.get_config("tiny"), rngs=nnx.Rngs(7))
+  # A reference ResNet with random values (built abstractly, filled from numpy: no initialiser runs).
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: resnet.ResNet(resnet.get_config("tiny"), rngs=nnx.Rngs(7))))
+  rng = np.random.default_rng(7)
+  ref = nnx.merge(graphdef, jax.tree.map(lambda a: rng.uniform(0.5, 1.5, a.shape).astype(a.dtype), abstract))
   path = str(tmp_path / "tiny_resnet.safetensors")
   save_file({k: np.ascontiguousarray(v) for k, v in resnet.to_state_dict(ref).items()}, path)
   c = tiny_config("", cache, frozen_stages=("stem", "layer1"), backbone_pretrained=path)
@@ -163,8 +171,11 @@ def _batch(det, rng, b=8, size=32):
 
 
 def compile_step(step, mesh):
-  """The trainer's compiled step (``train_step.compile_train_step``: replicated state, sharded batches)."""
-  return ts.compile_train_step(step, mesh)
+  """The trainer's compiled step (``train_step.compile_train_step``: replicated state, data-sharded batches, the
+  state donated), built here to add ``FAST_COMPILE``."""
+  rep, data = ts.replicated(mesh), ts.batch_sharding(mesh)
+  return jax.jit(step, in_shardings=(rep, data, data), out_shardings=(rep, rep), donate_argnums=(0,),
+                 compiler_options=FAST_COMPILE)
 
 
 def _run_steps(det, variables, mesh, n_steps=2):
@@ -182,12 +193,19 @@ def _run_steps(det, variables, mesh, n_steps=2):
   return jax.device_get(state), out
 
 
-def test_four_devices_equal_one_device(cache):
+@pytest.fixture(scope="module")
+def tiny(cache):
+  """The step tests' detector (dropout on, the twin's graded targets and weight floor) and its variables."""
+  c = tiny_config("", cache, dropout=0.25, dim=16, encoder_heads=2, encoder_ffn=32, rank_target="graded",
+                  rank_floor=1.0)
+  det = detectors.make(c)
+  return c, det, det.init(0)
+
+
+def test_four_devices_equal_one_device(tiny):
   """BatchNorm statistics over the global batch, dropout masks, the similarity sort and the rank weights do
   not depend on sharding (the bi-level step of this detector runs in tests/test_mil_ranking_run.py)."""
-  c = tiny_config("", cache, dropout=0.25)
-  det = detectors.make(c)
-  variables = det.init(0)
+  _, det, variables = tiny
   s1, m1 = _run_steps(det, variables, ts.data_mesh(jax.devices()[:1]))
   s4, m4 = _run_steps(det, variables, ts.data_mesh(jax.devices()[:4]))
   for a, b in zip(m1, m4):
@@ -202,23 +220,42 @@ def test_four_devices_equal_one_device(cache):
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(variables.params), jax.tree.leaves(s1.params)))
 
 
-def test_precomputed_rank_weights_are_used_in_every_pass(cache):
-  c = tiny_config("", cache)
-  det = detectors.make(c)
-  params, state = det.init(0)
+def test_precomputed_rank_weights_are_used_at_theta_and_theta_pm_eps_d(tiny):
+  """w computed once at theta (``rank_weights_at``, the config's floor) and put in the batch is what L_Rank uses
+  in every pass, at theta and at theta +- eps d (what a finite-difference hypergradient needs, spec 10)."""
+  c, det, (params, state) = tiny
   batch = {k: jnp.asarray(v) for k, v in _batch(det, np.random.default_rng(1)).items()}
   key = jax.random.key(0)
-  fn = jax.jit(lambda p, b: det.task_losses(p, state, b, key, True)[0])
-  base = fn(params, batch)
-  w = mil.rank_weights_at(det, params, state, batch, key)
-  np.testing.assert_allclose(fn(params, {**batch, "rank_weights": w}), base, rtol=1e-6)
-  zero = fn(params, {**batch, "rank_weights": jnp.zeros_like(w)})
+  free_fn = jax.jit(lambda p, b: det.task_losses(p, state, b, key, True)[0], compiler_options=FAST_COMPILE)
+
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+  def held_fn(p, b, w):   # the losses with w held, and w recomputed at p (one program)
+    return (det.task_losses(p, state, {**b, "rank_weights": w}, key, True)[0],
+            mil.rank_weights_at(det, p, state, b, key, model=c.model))
+
+  base = free_fn(params, batch)
+  zero, w = held_fn(params, batch, jnp.zeros((8, 5), jnp.float32))
+  assert float(jnp.min(jnp.where(batch["y"] > 0.5, w, 1.0))) >= 1.0    # the floor of the config (alpha * 1)
+  np.testing.assert_allclose(held_fn(params, batch, w)[0], base, rtol=1e-6)
   np.testing.assert_allclose(zero[:3], base[:3], rtol=1e-6)
   assert float(zero[3]) == 0.0 and float(base[3]) > 0
+  # At theta +- eps d the held w is used, not one recomputed there: L_Rank is linear in the w it is given.
+  d = jax.tree.map(lambda x: jnp.asarray(np.random.default_rng(2).normal(size=x.shape), x.dtype), params)
+  swaps = 0
+  for sign in (1.0, -1.0):
+    moved = jax.tree.map(lambda p, t, sign=sign: p + sign * 0.5 * t, params, d)
+    held, w_there = held_fn(moved, batch, w)
+    np.testing.assert_allclose(held_fn(moved, batch, 2 * w)[0][3], 2 * held[3], rtol=1e-5)
+    free = free_fn(moved, batch)   # w recomputed at theta +- eps d
+    np.testing.assert_allclose(held[:3], free[:3], rtol=1e-6)
+    if not np.array_equal(w_there, w):   # a rank swap between theta and theta +- eps d
+      swaps += 1
+      assert float(held[3]) != float(free[3])
+  assert swaps > 0
 
 
-def test_describe_decodes_in_probability_order(cache):
-  det = detectors.make(tiny_config("", cache))
+def test_describe_decodes_in_probability_order(tiny):
+  det = tiny[1]
   logits = np.asarray([2.0, -1.0, 0.5, 3.0, -2.0])
   out = det.describe({"logits": logits, "probs": 1 / (1 + np.exp(-logits)), "mil_prob": np.float32(0.9),
                       "p_fake": np.float32(0.9)})
@@ -282,8 +319,9 @@ def test_graded_rank_targets_and_weight_floor():
   out = {"fU": f, "fV": f, "f": f, "u": jnp.sort(jax.random.uniform(jax.random.key(0), (3, 10)), -1)}
   batch = {"y": y, "r": r, "J": jnp.asarray(enc["J"])}
   swapped = out["f"].at[0, 1].set(4.0)   # component 2 (second) above component 4 (first)
-  grad = {kind: jax.grad(lambda ff, kind=kind: losses.loss_vector(
-      {**out, "f": ff}, batch, losses.LossConfig(rank_target=kind))[3])(swapped) for kind in ("binary", "graded")}
+  grad = {kind: jax.jit(jax.grad(lambda ff, kind=kind: losses.loss_vector(
+      {**out, "f": ff}, batch, losses.LossConfig(rank_target=kind))[3]), compiler_options=FAST_COMPILE)(swapped)
+          for kind in ("binary", "graded")}
   assert float(grad["binary"][0, 1]) <= 0 and float(grad["graded"][0, 1]) > 0
   with pytest.raises(ValueError, match="rank_target"):
     losses.LossConfig(rank_target="soft")

@@ -1,5 +1,7 @@
-"""Every config in configs/mil_ranking/: what it sets, and two real training steps of the twin and its Table 3
-rows on a tiny world (the Seq-DeepFake and FF++ recipes train in tests/test_mil_ranking_recipes.py)."""
+"""Every config in configs/mil_ranking/: what it sets, and the trainer's step of each distinct program traced
+abstractly (``jax.eval_shape``: nothing compiled or run) with the config's optimiser, groups, frozen stages and
+weighting. Real steps run in tests/test_mil_ranking.py (1 and 4 devices) and tests/test_mil_ranking_run.py (a
+whole run with the bi-level weighting)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from sjedd_jax import config as config_lib, detectors, optim, train, train_step as ts
-from sjedd_jax.data import datasets, pipeline, synthetic_seq
-from tests.test_mil_ranking import compile_step
+from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
+from sjedd_jax.data import datasets, manifest, synthetic_seq
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "mil_ranking")
@@ -25,12 +26,6 @@ ROWS = {  # Table 3: which losses each row keeps (written out independently of t
     "table3_vi": SWITCHES,
 }
 NAMES = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(CONFIGS, "*.py")))
-
-
-@pytest.fixture(autouse=True)
-def no_world_generation(monkeypatch):
-  """Loading synthetic.py must not generate the 3,840-image world in a test."""
-  monkeypatch.setattr(synthetic_seq, "ensure_seq_synthetic", lambda cache_dir, **params: FAKE_WORLD)
 
 
 def load(name, arg=None):
@@ -86,7 +81,11 @@ def test_files_and_what_they_set(tmp_path, monkeypatch):
   assert det.primary == (1.0, 0.0, 0.0, 0.0) and det.mean == (0.485, 0.456, 0.406)
   # The twin (spec section 9).
   s = load("synthetic")
-  assert s.data.kind == "manifest" and s.data.dir == FAKE_WORLD and s.data.synthetic_seq.num_identities == 160
+  assert s.data.kind == "synthetic_seq" and s.data.synthetic_seq.num_identities == 160
+  made = {}
+  monkeypatch.setattr(synthetic_seq, "ensure_seq_synthetic",   # the trainer makes the world (not generated here)
+                      lambda cache_dir, progress=True, **params: made.update(params) or FAKE_WORLD)
+  assert datasets.dataset_dir(s, progress=False) == FAKE_WORLD and made == dict(s.data.synthetic_seq)
   assert (s.model.backbone, s.model.dim, s.model.encoder_layers, s.model.encoder_ffn, s.data.image_size) == (
       "tiny", 64, 1, 128, 64)
   assert s.total_steps > 0 and not s.data.color_jitter and tuple(s.model.frozen_stages) == ()
@@ -95,12 +94,9 @@ def test_files_and_what_they_set(tmp_path, monkeypatch):
   assert (r34.model.rank_target, r34.model.rank_floor, r34.model.lambda_2) == ("binary", 0.0, 1.0)
 
 
-def shrink(c, world, cache):
-  """A config made test-sized: the 32 px world, the tiny ResNet, d = 32, P5, batch 8; its recipe kept."""
-  c.data.kind = "manifest"
-  c.data.dir = world
+def shrink(c):
+  """A config made test-sized: 32 px, the tiny ResNet, d = 32, P5, batch 8; its recipe kept."""
   c.data.image_size = 32
-  c.data.workers = 0
   c.model.backbone = "tiny"
   c.model.backbone_pretrained = ""
   c.model.require_pretrained = False
@@ -109,73 +105,70 @@ def shrink(c, world, cache):
   c.model.encoder_heads = 2
   c.model.encoder_ffn = 64
   c.model.k_grid = 20
-  c.model.fpn_level = "P5"   # 2 x 2 tokens: the smallest program (P4, the default, trains in the other test files)
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.compilation_cache_dir = str(cache / "xla")
+  c.model.fpn_level = "P5"   # 2 x 2 tokens: the smallest program
   return c
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-  d = tmp_path_factory.mktemp("mil_cfg_world")
-  # The real generator (the autouse patch is function-scoped, not active here).
-  return synthetic_seq.generate(str(d / "w"), num_identities=8, frames_per_identity=2, image_size=32,
-                                progress=False, workers=1)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  return tmp_path_factory.mktemp("mil_cfg_cache")
-
-
-def two_steps(config):
-  """Two steps of the trainer's step with the config's optimiser, groups and weighting. Configs that differ
-  only in the loss factors (the Table 3 rows) compile to the same program: one compilation, then hits of
-  the persistent compilation cache."""
-  train.enable_compilation_cache(config.compilation_cache_dir)
+def traced_step(config, batch_size=8):
+  """The trainer's step (``train_step.make_train_step``) of ``config`` with its optimiser, parameter groups and
+  weighting, evaluated abstractly: -> (detector, abstract params before, abstract (state, metrics) after)."""
   det = detectors.make(config)
-  cfg = datasets.data_config(config, det, config.data.dir, "train", train=True)
-  data = pipeline.load(cfg)
-  variables = det.init(config.seed)
-  opt = optim.make(config.optim, total_steps=2, steps_per_epoch=1, params=variables.params,
+  variables = jax.eval_shape(lambda: det.init(config.seed))
+  opt = optim.make(config.optim, total_steps=100, steps_per_epoch=10, params=variables.params,
                    labels=det.param_labels(variables.params))
-  weighting = ts.weighting_from_config(config, det, steps_per_epoch=1)
-  mesh = ts.data_mesh(jax.devices()[:1])   # one device compiles faster; sharding is tested in test_mil_ranking.py
-  state = ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)
-  before = jax.device_get(state.params)
-  step = compile_step(ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay), mesh)
-  train_it, val_it = pipeline.train_streams(cfg, data)
-  out = []
-  for _ in range(2):
-    state, m = step(state, ts.global_batch(next(train_it), mesh, det.batch_keys),
-                    ts.global_batch(next(val_it), mesh, det.batch_keys))
-    out.append(jax.device_get(m))
-  return det, out, before, jax.device_get(state)
+  weighting = ts.weighting_from_config(config, det, steps_per_epoch=10)
+  state = jax.eval_shape(lambda v: ts.init_state(v, opt.tx, weighting), variables)
+  step = ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay)
+  batch = ts.abstract_batch(det, batch_size)
+  return det, variables.params, jax.eval_shape(step, state, batch, batch)
 
 
-TWINS = sorted(n for n in NAMES if n == "synthetic" or n.startswith("table3_"))
-RECIPES = sorted(set(NAMES) - set(TWINS))   # trained in tests/test_mil_ranking_recipes.py
+def _paths(tree):
+  return ["/".join(str(getattr(k, "key", k)) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def check_two_steps(name, world, cache):
-  arg = "synthetic" if name.startswith("table3_") else None
-  config = shrink(load(name, arg), world, cache)
-  det, metrics, before, state = two_steps(config)
-  for m in metrics:
-    assert all(np.isfinite(np.asarray(v)).all() for v in m.values()), (name, m)
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params)))
-  kept = ROWS.get(name, SWITCHES if name != "binary_ffpp" else ("use_bce_u", "use_bce_v", "use_cls"))
-  for task, switch in zip(det.task_names, ("use_cls", "use_bce_u", "use_bce_v", "use_rank")):
-    assert (metrics[0][f"loss/{task}"] != 0) == (switch in kept), (name, task)
+def _rec(seq):
+  return manifest.Record(path="x.png", source="seq_edit" if seq else "real", is_fake=int(bool(seq)), video_id="v",
+                         split="train", sequence=list(seq) if seq else None)
+
+
+@pytest.mark.parametrize("arg", ["synthetic", None])
+def test_table3_rows_switch_their_losses_in_the_batch(arg):
+  """The rows differ only in the loss switches (test above), which reach the step as the batch's ``task_scale``
+  (zero for a switched-off loss): one compiled program for every row, traced once below."""
+  for name in sorted(ROWS):
+    config = load(name, arg)
+    det = detectors.make(config)
+    kept = ROWS[name]
+    scale = det.label_fn(_rec((4, 2)))["task_scale"]
+    lam = config.model
+    want = [float("use_cls" in kept), lam.lambda_1 * ("use_bce_u" in kept), lam.lambda_1 * ("use_bce_v" in kept),
+            lam.lambda_2 * ("use_rank" in kept)]
+    np.testing.assert_allclose(scale, want, err_msg=name)
+    assert det.primary == ((0.0, 0.0, 0.0, 1.0) if "use_rank" in kept else (1.0, 0.0, 0.0, 0.0) if "use_cls" in kept
+                           else (0.0, 1.0, 0.0, 0.0)), name
+
+
+@pytest.mark.parametrize("name", ["synthetic", "seqdeepfake_components", "binary_ffpp"])
+def test_step_traces_with_the_recipe(name):
+  """The distinct programs: the twin (= every Table 3 row, above), the Seq-DeepFake recipe (parameter groups, frozen
+  stem + layer1, clipping, warmup_multistep; the attributes file differs only in component names) and the binary
+  FF++ task (L = 1)."""
+  config = shrink(load(name))
+  det, params, (state, metrics) = traced_step(config)
+  assert jax.tree.structure(state.params) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+  assert {f"loss/{t}" for t in det.task_names} <= set(metrics) and metrics["lambda"].shape == (4,)
+  assert all(np.shape(metrics[f"loss/{t}"]) == () for t in det.task_names)
+  paths = _paths(params)
+  groups = set(jax.tree.leaves(det.param_labels(params)))
   if name.startswith("seqdeepfake"):   # stem + layer1 frozen: not trained parameters, only state
-    paths = ["/".join(str(getattr(k, "key", k)) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(before)[0]]
     assert not any("/layer1/" in p or p.startswith("backbone/conv1") for p in paths)
+    assert any(p.startswith("backbone/conv1") for p in _paths(state.model_state))
+    assert groups == {"backbone", "head"} and config.optim.lr_mult.backbone == 0.1
+  else:
+    assert any(p.startswith("backbone/conv1") for p in paths)
   if name == "binary_ffpp":
-    assert metrics[0]["loss/rank"] == 0 and np.asarray(state.params["head"]["class_tokens"]).shape[0] == 1
-
-
-@pytest.mark.parametrize("name", TWINS)
-def test_two_training_steps(name, world, cache):
-  """The twin and its Table 3 rows: one compiled program (the loss factors are batch data)."""
-  check_two_steps(name, world, cache)
+    assert params["head"]["class_tokens"].shape[0] == 1 and det.primary == (1.0, 0.0, 0.0, 0.0)
+    assert det.label_fn(_rec((4, 2)))["task_scale"].tolist() == [1.0, 1.0, 1.0, 0.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -18,7 +19,9 @@ from sjedd_jax.data import manifest
 from sjedd_jax.detectors.mil_ranking import labels
 from sjedd_jax.detectors.mil_ranking import losses
 from sjedd_jax.detectors.mil_ranking import metrics
+from sjedd_jax.detectors.mil_ranking import model as model_lib
 from sjedd_jax.detectors.mil_ranking import modules
+from tests.test_mil_ranking import FAST_COMPILE
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -376,7 +379,8 @@ def _features(seed, b=2, size=64, chans=(16, 24, 32)):
 def _jit_apply(head):
   """Jitted pure forward of an NNX module (eager op-by-op dispatch is slow on the shared CPU)."""
   graphdef, state = nnx.split(head)
-  fn = jax.jit(lambda st, f, key, train: nnx.merge(graphdef, st)(f, train=train, rng=key), static_argnums=3)
+  fn = jax.jit(lambda st, f, key, train: nnx.merge(graphdef, st)(f, train=train, rng=key), static_argnums=3,
+               compiler_options=FAST_COMPILE)
   return lambda f, train=False, rng=None: fn(state, f, rng, train)
 
 
@@ -387,7 +391,7 @@ def test_mil_head_shapes():
     kw = dict(dim=32, fpn_level=level, num_layers=1, num_heads=4, ffn_dim=64, return_similarity=True)
     n = tokens * (tokens - 1) // 2
     if level == "P4":  # values
-      out = _jit_apply(modules.MILHead(chans, 5, rngs=nnx.Rngs(0), **kw))(feats)
+      out = _jit_apply(modules.MILHead(chans, 5, rngs=model_lib.init_rngs(0), **kw))(feats)
       u = np.asarray(out["u"])
       assert np.all(np.diff(u, axis=1) >= 0) and u.min() >= 0 and u.max() <= 1 + 1e-6
       np.testing.assert_allclose(np.diagonal(np.asarray(out["S"]), axis1=1, axis2=2), 1.0, atol=1e-5)
@@ -407,12 +411,12 @@ def test_mil_head_dropout_rng_qk_mode_and_grad():
   """Dropout depends only on the explicit key; the jitted loss vector through the head has finite grads."""
   feats = _features(1)
   head = modules.MILHead((16, 24, 32), 5, dim=32, num_layers=2, num_heads=4, ffn_dim=64, pos_mode="qk",
-                         rngs=nnx.Rngs(0))
+                         rngs=model_lib.init_rngs(0))
   enc = labels.encode_padded(np.asarray([[4, 2, 0, 0, 0], [0] * 5]), 5)
   batch = {k: jnp.asarray(v) for k, v in enc.items()}
   graphdef, params = nnx.split(head)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def step(params, feats, batch, key):
     def loss_fn(p):
       out = nnx.merge(graphdef, p)(feats, train=True, rng=key)

@@ -15,7 +15,7 @@ from sjedd_jax import detectors
 from sjedd_jax.data import manifest, synthetic_seq
 from sjedd_jax.detectors import mil_ranking as mil
 from sjedd_jax.detectors.mil_ranking import labels as labels_lib
-from tests.test_mil_ranking import tiny_config
+from tests.test_mil_ranking import FAST_COMPILE, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,11 @@ def cache(tmp_path_factory):
 def tiny_run(world, cache, tmp_path_factory):
   from sjedd_jax import train
   workdir = tmp_path_factory.mktemp("mil_run")
-  config = tiny_config(world, cache)
+  config = tiny_config(world, cache, fpn_level="P5", dim=16, encoder_ffn=32)   # the smallest program
   config.weighting.kind = "bilevel"     # the exact ("jvp") hypergradient, lambda >= 0, every step
   config.weighting.update_every = 1
   config.weighting.lam_lr = 1e-2
-  final = train.run(config, str(workdir), progress=False)
+  final = train.run(config, str(workdir), progress=False)   # the trainer's own compile (see FAST_COMPILE)
   return config, str(workdir), final
 
 
@@ -77,7 +77,7 @@ def test_export_round_trip_and_predict_json(tiny_run, tmp_path):
   loaded, lvars = detectors.load_export(export)
   _, variables = inference.load(config=config, workdir=workdir, checkpoint="best")
   images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
-  predict_fn = jax.jit(loaded.predict)   # the same module graph: one compilation for both variable sets
+  predict_fn = jax.jit(loaded.predict, compiler_options=FAST_COMPILE)   # one compilation for both variable sets
   a = predict_fn(*lvars, images)
   b = predict_fn(*variables, images)
   for k in ("p_fake", "probs", "logits", "mil_prob"):
@@ -87,8 +87,10 @@ def test_export_round_trip_and_predict_json(tiny_run, tmp_path):
   rec = next(r for r in manifest.read(config.data.dir, ["test"]) if r.sequence)
   png = tmp_path / "face.png"
   Image.open(os.path.join(config.data.dir, rec.path)).save(png)
-  results = predict.predict_files(loaded, lvars, [str(png)], face_detector=None, progress=False, batch_size=4)
+  results = predict.predict_files(loaded, lvars, [str(png)], face_detector=None, progress=False, batch_size=4,
+                                  plots_dir=str(tmp_path / "plots"))
   res = json.loads(json.dumps(results[0]))
+  assert os.path.getsize(res["plot"]) > 0 and Image.open(res["plot"]).size[0] > 100   # the chart
   assert res["path"] == str(png) and 0.0 <= res["p_fake"] <= 1.0
   assert set(res["components"]) == {"nose", "eye", "eyebrow", "lip", "hair"}
   assert len(res["sequence_ids"]) == 5 and res["sequence"] == [

@@ -38,7 +38,7 @@ batch (which computes its own w at theta', stop-gradient, as the spec asks) and,
 "finite_difference" the two extra passes recompute w at theta +- eps d, and a rank swap
 between them makes the difference jump; to hold w there too, a caller may put precomputed
 weights in the batch (``batch["rank_weights"]`` (B, L), computed at theta by a pre-pass,
-e.g. ``rank_weights_at(detector, params, state, batch, rng)``), which ``task_losses`` then
+e.g. ``rank_weights_at(detector, params, state, batch, rng, model=config.model)``), which ``task_losses`` then
 uses in every pass. The shared step has no pre-pass hook today (a needed change, reported).
 
 Scores: ``predict -> {"p_fake", "probs" (B, L), "logits" (B, L), "mil_prob" (B,)}``.
@@ -381,6 +381,14 @@ def detector_from(m, *, image_size: int, init, handle: interface.ModuleHandle, t
     return {"sequence": seq, "sequence_ids": [int(i) for i in pred],
             "components": {n: float(p) for n, p in zip(names, probs)}, "mil_score": mil, "explanation": text}
 
+  def plot(outputs, path, *, title: str, image=None, threshold: float = 0.5, face=None):
+    """Bar chart of the components' P_i, the decoded ones numbered in their order, and P(x) (``viz.py``)."""
+    del image, threshold   # the face crop the model saw is drawn instead; the model's own threshold decodes
+    from sjedd_jax.detectors.mil_ranking import viz  # pylint: disable=g-import-not-at-top
+    d = describe(outputs)
+    return viz.plot_sequence(outputs["probs"], d["sequence_ids"], names, path, title=title,
+                             threshold=float(m.threshold), mil_score=d["mil_score"], face=face)
+
   def param_labels(params):
     return interface.tree_labels(params, [("backbone", "backbone")], "head")
 
@@ -392,16 +400,20 @@ def detector_from(m, *, image_size: int, init, handle: interface.ModuleHandle, t
       name=NAME, task_names=TASK_NAMES, batch_keys=TRAIN_KEYS, label_fn=make_label_fn(num, task_scale=task_scale(m)),
       init=init,
       task_losses=task_losses, predict=predict, image_size=int(image_size), mean=tuple(mean), std=tuple(std),
-      primary=primary_weights(m), eval_metrics=eval_metrics, describe=describe, export=export_fn,
+      primary=primary_weights(m), eval_metrics=eval_metrics, describe=describe, plot=plot, export=export_fn,
       param_labels=param_labels, bind=handle.merge, transform=transform)
 
 
 def rank_weights_at(detector: interface.Detector, params, state, batch, rng=None, alpha: float = 1.0,
-                    floor: float = 0.0) -> jax.Array:
+                    floor: float = 0.0, *, model=None) -> jax.Array:
   """w (B, L) at ``params`` (a training forward, stop-gradient): a caller's pre-pass puts it in the
-  batch as ``"rank_weights"`` to hold w fixed in every pass of a step (module docstring)."""
+  batch as ``"rank_weights"`` to hold w fixed in every pass of a step (module docstring).
+  ``model``: the run's ``config.model``, whose ``alpha`` and ``rank_floor`` then replace ``alpha``, ``floor``."""
+  if model is not None:
+    cfg = loss_config(model)
+    alpha, floor = cfg.alpha, cfg.rank_floor
   out = detector.bind(params, state)(batch["image"], train=True, rng=rng)
-  return losses_lib.rank_weights(out["f"], batch["y"], batch["r"], alpha, floor)
+  return jax.lax.stop_gradient(losses_lib.rank_weights(out["f"], batch["y"], batch["r"], alpha, floor))
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
