@@ -58,20 +58,23 @@ def synthetic_config(name: str, steps: int):
 def step_times(config, detector, repeats: int = 5) -> dict[str, float]:
   """ms per compiled training step, fixed weights and bi-level (lambda updated every step)."""
   out = {}
-  variables = detector.init(config.seed)
   mesh = ts.data_mesh()
-  labels = detector.param_labels(variables.params) if detector.param_labels is not None else None
-  opt = optim.make(config.optim, total_steps=max(config.total_steps, 1), steps_per_epoch=1,
-                   params=variables.params, labels=labels)
   rng = np.random.default_rng(0)
   shapes = ts.abstract_batch(detector, config.batch_size, config.data.image_size)
 
+  images = set(getattr(detector, "image_keys", None) or ("image",))
+
   def batch():
-    b = {k: rng.normal(size=v.shape).astype(np.float32) if k == "image" else
-         (rng.random(v.shape) < 0.5).astype(np.float32) for k, v in shapes.items()}
+    # Images: N(0, 1); every other key 0/1 in its own dtype (labels, masks, "observed").
+    b = {k: (rng.normal(size=v.shape) if k in images else rng.random(v.shape) < 0.5).astype(v.dtype)
+         for k, v in shapes.items()}
     return ts.global_batch(b, mesh, tuple(shapes))
 
   for kind in ("fixed", "bilevel"):
+    variables = detector.init(config.seed)   # fresh per kind: the step donates its state's buffers
+    labels = detector.param_labels(variables.params) if detector.param_labels is not None else None
+    opt = optim.make(config.optim, total_steps=max(config.total_steps, 1), steps_per_epoch=1,
+                     params=variables.params, labels=labels)
     w = config.weighting
     weighting = ts.make_weighting(kind, num_tasks=detector.num_tasks, lam_lr=w.lam_lr, method=w.method,
                                   radius=w.radius, fixed=(1.0,) * detector.num_tasks,
@@ -116,9 +119,11 @@ def run_one(name: str, root: str, steps: int, train_missing: bool = True) -> dic
       return done
   if not train_missing:
     return None
+  load0 = os.getloadavg()[0]
   t0 = time.time()
   final = train.run(config, workdir, progress=True)
   wall = time.time() - t0
+  load1 = os.getloadavg()[0]
   data_dir = datasets.dataset_dir(config, progress=False)
   ev = evaluate_all(config, workdir, data_dir)
   times = step_times(config, detectors.make(config))
@@ -126,7 +131,8 @@ def run_one(name: str, root: str, steps: int, train_missing: bool = True) -> dic
   own = pkg.summarize(ev["results"]["clean"]) if hasattr(pkg, "summarize") else {}
   out = {"detector": name, "paper": pkg.PAPER, "backbone": pkg.BACKBONE, "params": ev["params"],
          "steps": steps, "batch_size": config.batch_size, "image_size": config.data.image_size,
-         "train_wall_s": wall, "step_ms": times,
+         "train_wall_s": wall, "load": [round(load0, 1), round(load1, 1), round(os.getloadavg()[0], 1)],
+         "step_ms": times,
          "frame_auc": ev["results"]["clean"]["frame"]["auc"],
          "video_auc": (ev["results"]["clean"].get("video") or {}).get("auc"),
          "perturbed_frame_auc": {k: v["frame"]["auc"] for k, v in ev["results"].items() if k != "clean"},
@@ -170,8 +176,12 @@ def table(rows: list[dict], command: str) -> str:
         f"| {r['detector']} | {r['paper']} | {r['backbone']} | {r['params']:,} | {r['steps']} x {r['batch_size']} | "
         f"{r['step_ms']['fixed']:.0f} / {r['step_ms']['bilevel']:.0f} | {_f(r['frame_auc'])} | {_f(r['video_auc'])} | "
         + " | ".join(_f(r["perturbed_frame_auc"].get(n)) for n in perturb.NAMES) + f" | {own} |")
-  lines += ["", "Training wall time (s, including evaluation during training): " +
-            ", ".join(f"{r['detector']} {r['train_wall_s']:.0f}" for r in rows), ""]
+  lines += ["", "Training wall time (s, including evaluation during training; in brackets the 1-minute "
+            "load average at the start and end of training and after the step timing, on "
+            f"{os.cpu_count()} cores): " +
+            ", ".join(f"{r['detector']} {r['train_wall_s']:.0f}"
+                      + (" [" + ", ".join(f"{x:g}" for x in r["load"]) + "]" if r.get("load") else "")
+                      for r in rows), ""]
   return "\n".join(lines)
 
 
