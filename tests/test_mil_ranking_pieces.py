@@ -224,7 +224,8 @@ def test_stable_log_forms_and_finite_gradients_at_zero_gap():
   u = jnp.full((2, 120), 0.7)  # all equal: D_k = 0 for every k
   for grid in (100, "all"):
     c = dataclasses.replace(cfg, k_grid=grid)
-    g = jax.jit(jax.grad(lambda uu, cc=c: jnp.sum(losses.cls_per_example(uu, jnp.asarray([0, 1]), cc)[0])))(u)
+    g = jax.jit(jax.grad(lambda uu, cc=c: jnp.sum(losses.cls_per_example(uu, jnp.asarray([0, 1]), cc)[0])),
+                compiler_options=FAST_COMPILE)(u)
     assert np.all(np.isfinite(np.asarray(g)))
   # Real image with all u = 1: zero loss.
   loss, prob = losses.cls_per_example(jnp.ones((1, 10)), jnp.asarray([0]), cfg)
@@ -266,8 +267,8 @@ def _batch_and_outputs(seed=0, b=4, num=5, n=45):
 def test_loss_vector_values_jit_and_precomputed_weights():
   out, batch = _batch_and_outputs()
   cfg = losses.LossConfig()
-  vec, aux = jax.jit(losses.loss_vector_and_aux, static_argnums=2)(out, batch, cfg)
-  lv = jax.jit(losses.loss_vector, static_argnums=2)
+  vec, aux = jax.jit(losses.loss_vector_and_aux, static_argnums=2, compiler_options=FAST_COMPILE)(out, batch, cfg)
+  lv = jax.jit(losses.loss_vector, static_argnums=2, compiler_options=FAST_COMPILE)
   assert vec.shape == (4,) and np.all(np.isfinite(np.asarray(vec)))
   # Reference in numpy.
   y = np.asarray(batch["y"], np.float64)
@@ -310,7 +311,7 @@ def test_loss_vector_values_jit_and_precomputed_weights():
   assert float(losses.total(vec, 2.0, 3.0)) == pytest.approx(float(vec[0] + 2 * (vec[1] + vec[2]) + 3 * vec[3]),
                                                              rel=1e-6)
   # Gradients through the loss are finite.
-  g = jax.jit(jax.grad(lambda o: losses.total(losses.loss_vector(o, batch, cfg))))(out)
+  g = jax.jit(jax.grad(lambda o: losses.total(losses.loss_vector(o, batch, cfg))), compiler_options=FAST_COMPILE)(out)
   assert all(np.all(np.isfinite(np.asarray(v))) for v in g.values())
 
 

@@ -34,7 +34,7 @@ def cache(tmp_path_factory):
 def tiny_run(world, cache, tmp_path_factory):
   from sjedd_jax import train
   workdir = tmp_path_factory.mktemp("mil_run")
-  config = tiny_config(world, cache, fpn_level="P5", dim=16, encoder_ffn=32)   # the smallest program
+  config = tiny_config(world, cache, fpn_level="P5")   # 2 x 2 tokens: the smallest program
   config.weighting.kind = "bilevel"     # the exact ("jvp") hypergradient, lambda >= 0, every step
   config.weighting.update_every = 1
   config.weighting.lam_lr = 1e-2
