@@ -40,6 +40,15 @@ COLUMNS = (("pairwise order", "pairwise_order_acc"), ("Fixed-Acc", "fixed_acc"),
 BASELINE = ("fixed_acc", "adaptive_acc")
 
 
+def row_label(path: str) -> str:
+  """A config file's ROW constant, else its file name (the shared runner's ``describe`` labels any
+  ``synthetic.py`` as SJEDD's full model)."""
+  spec = importlib.util.spec_from_file_location("mil_row_" + os.path.basename(path)[:-3], path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return getattr(mod, "ROW", os.path.basename(path)[:-3])
+
+
 def _fmt(x) -> str:
   return "n/a" if x is None or x != x else f"{100 * x:.1f}"
 
@@ -96,11 +105,12 @@ def main(argv=None) -> int:
   arg = args.arg or None
   rows = []
   for i, path in enumerate(paths, 1):
-    _, row = runner.describe(path)
+    row = row_label(path)
     print(f"[{i}/{len(paths)}] {os.path.relpath(path, ROOT)}" + (f":{arg}" if arg else ""), flush=True)
     workdir, metrics, error = runner.run_one(path, arg, args.steps, args.set, args.root, args.progress,
                                              train_missing=not args.table_only)
-    rows.append(dict(row=row, config=os.path.relpath(path, ROOT) + (f":{arg}" if arg else ""),
+    rows.append(dict(row=row, config=os.path.relpath(path, ROOT) + (f":{arg}" if arg else "")
+                     + "".join(f" {s}" for s in args.set),
                      metrics=metrics or {}, error=error, sequence=sequence_results(workdir) if metrics else None))
   text = table(rows)
   print(text)
