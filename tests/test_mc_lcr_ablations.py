@@ -1,14 +1,14 @@
 """The MC-LCR ablation configs (configs/mc_lcr/ablations/, Tables 5/6 and the bi-level weighting) on a
 tiny world: every file's whole training step traced (abstractly, with its own model switches, weighting
-and optimiser: ``trace_step``), and two compiled steps of the one code path the other compiled tests do
-not take: the bi-level weights (lambda's hypergradient, lambda >= 0; with Adam + L2)."""
+and optimiser: ``trace_step``). The bi-level step runs compiled in
+tests/test_mc_lcr_configs.py's whole twin run."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.test_mc_lcr import shared_cache, tiny_config
-from tests.test_mc_lcr_configs import EXPECTED, check_two_steps, trace_step
+from tests.test_mc_lcr_configs import EXPECTED, trace_step
 
 
 @pytest.fixture(scope="module", name="cache")
@@ -30,9 +30,3 @@ def test_every_ablation_step_traces(name, cache):
     assert tuple(config.weighting.fixed) == want.get("weighting.fixed", (0.5, 0.5))
   else:
     assert "hypergradient" in metrics and config.weighting.nonneg
-
-
-def test_bilevel_two_training_steps(cache):
-  config, metrics = check_two_steps("ablations/bilevel.py", cache, optim_name="adam_l2")
-  assert config.weighting.kind == "bilevel" and config.weighting.nonneg and config.optim.name == "adam_l2"
-  assert metrics[-1]["loss/supcon"] > 0
