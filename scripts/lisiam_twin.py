@@ -3,7 +3,8 @@ r"""LiSiam's synthetic twin (spec lisiam.md section 9): train the runs, evaluate
     python scripts/lisiam_twin.py --root /tmp/lisiam_twin                 # (i) LiSiam only
     python scripts/lisiam_twin.py --root /tmp/lisiam_twin --runs i,ii,iii,iv --out /tmp/lisiam_twin/table.md
 
-Runs (same world, same budget: configs/lisiam/synthetic.py, 1000 steps of batch 32):
+Runs (same world, same budget: configs/lisiam/synthetic.py, 800 steps of batch 16; ``--arg spec``:
+the spec's 1000 steps of batch 32 and OCR widths):
 
 * (i)   LiSiam (model A);
 * (ii)  one branch, L_cls only, on the IQD-degraded view ("Xception + IQD": variant E with the
@@ -71,11 +72,14 @@ class Degraded:
     return self.base(image, rec, data_dir, rng, train)
 
 
-def config_of(run: str, steps: int | None):
+def config_of(run: str, steps: int | None, arg: str | None = None, sets: list[str] | None = None):
   from sjedd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  c = config_lib.load_config_file(os.path.join(CONFIGS, "lisiam", "synthetic.py"))
+  c = config_lib.load_config_file(os.path.join(CONFIGS, "lisiam", "synthetic.py"), arg or None)
   for k, v in RUNS[run][1].items():
     config_lib.set_dotted(c, k, v)
+  for item in sets or ():
+    key, _, text = item.partition("=")
+    config_lib.parse_dotted(c, key.strip(), text.strip())
   if steps:
     c.total_steps = steps
     c.eval_every = c.ckpt_every = max(1, steps // 2)
@@ -145,7 +149,10 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--root", required=True, help="one workdir per run under it")
   ap.add_argument("--runs", default="i", help=f"comma list of {list(RUNS)}")
-  ap.add_argument("--steps", type=int, default=0, help="override total_steps (0: the config's 1000)")
+  ap.add_argument("--steps", type=int, default=0, help="override total_steps (0: the config's)")
+  ap.add_argument("--arg", default="", help='the config\'s arg ("spec": spec section 9\'s widths and schedule)')
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="config overrides, e.g. --set data.cache_dir=/tmp/world (repeatable)")
   ap.add_argument("--out", default="", help="write the table (markdown) here; JSON next to it")
   args = ap.parse_args(argv)
   runs = [r.strip() for r in args.runs.split(",") if r.strip()]
@@ -156,7 +163,7 @@ def main(argv=None):
   from sjedd_jax.data import datasets  # pylint: disable=g-import-not-at-top
   results = {}
   for run in runs:
-    config = config_of(run, args.steps or None)
+    config = config_of(run, args.steps or None, args.arg, args.set)
     workdir = os.path.join(args.root, run)
     t0 = time.time()
     data_dir = datasets.dataset_dir(config)
@@ -171,7 +178,8 @@ def main(argv=None):
                     "steps": config.total_steps}
     print(json.dumps({run: results[run]}, indent=1, default=lambda x: None), flush=True)
   header = (f"{datetime.date.today().isoformat()}, {platform.node()} ({os.cpu_count()} CPUs), load "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; python scripts/lisiam_twin.py --runs {args.runs}")
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; python scripts/lisiam_twin.py --runs {args.runs}"
+            + (f" --arg {args.arg}" if args.arg else ""))
   lines = [header, "", "| run | condition | frame AUC | video AUC | IoU (fakes) | F1 | pixel AUC | fake area (reals) "
            "| consistency |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   f = lambda x: "n/a" if x is None else f"{x:.3f}"

@@ -501,6 +501,7 @@ def test_train_export_predict_overlay(tmp_path):
   c.data.synthetic.image_size = c.data.image_size = 32
   c.lisiam.eval_mask_size = 32
   c.model.preset = "test"
+  c.model.overrides = ml_collections.ConfigDict()      # the test preset's widths
   c.model.depthwise = "xla"
   c.model.backbone_overrides = SMALLEST
   c.total_steps, c.log_every, c.eval_every, c.ckpt_every = 2, 1, 2, 2
