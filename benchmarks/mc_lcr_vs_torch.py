@@ -194,7 +194,7 @@ def time_torch(size: str, repeats: int) -> dict:
     loss = 0.5 * ce + 0.5 * sc
     loss.backward()
     opt.step()
-    return float(ce), float(sc)
+    return float(ce.detach()), float(sc.detach())
 
   t0 = time.perf_counter()
   step()
