@@ -3,7 +3,7 @@ r"""LiSiam's synthetic twin (spec lisiam.md section 9): train the runs, evaluate
     python scripts/lisiam_twin.py --root /tmp/lisiam_twin                 # (i) LiSiam only
     python scripts/lisiam_twin.py --root /tmp/lisiam_twin --runs i,ii,iii,iv --out /tmp/lisiam_twin/table.md
 
-Runs (same world, same budget: configs/lisiam/synthetic.py, 800 steps of batch 16; ``--arg spec``:
+Runs (same world, same budget: configs/lisiam/synthetic.py, 600 steps of batch 16; ``--arg spec``:
 the spec's 1000 steps of batch 32 and OCR widths):
 
 * (i)   LiSiam (model A);
