@@ -145,6 +145,8 @@ def make_train_step(detector: Detector, weighting: bilevel.AutoLambda, model_opt
     k_train, k_val = step_keys(state)
     train_batch = {**train_batch, "rng": k_train}
     val_batch = {**val_batch, "rng": k_val}
+    if detector.prepare is not None:   # once, at theta (Detector.prepare)
+      train_batch = dict(detector.prepare(state.params, state.model_state, train_batch))
     losses_fn = detector_losses_fn(detector, state.model_state)
     grads, lam_state, info = weighting.step(state.lam_state, losses_fn, state.params, train_batch,
                                             val_batch, lr=lr, weight_decay=weight_decay, update=lam_update)

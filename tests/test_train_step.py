@@ -190,3 +190,45 @@ def test_step_keys_make_a_resumed_run_exact():
   resumed, _ = step(ts.shard_state(part, mesh), ts.global_batch(_toy_batch(rng), mesh),
                     ts.global_batch(_toy_batch(rng), mesh))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed), full)
+
+
+def test_prepare_runs_once_at_theta_and_reaches_every_training_pass():
+  """Detector.prepare: one pre-pass per step at theta; every pass over the training batch (theta and,
+  with finite differences, theta +- eps d) sees what it put in the batch; the validation pass does not."""
+  base = bn_dropout_detector()
+  seen, prepared = [], []
+
+  def prepare(params, state, batch):
+    prepared.append(batch["image"].shape[0])
+    return {**batch, "held": jnp.zeros(())}
+
+  def task_losses(params, state, batch, rng, train):
+    seen.append((batch["image"].shape[0], "held" in batch))
+    return base.task_losses(params, state, {k: v for k, v in batch.items() if k != "held"}, rng, train)
+
+  det = base._replace(prepare=prepare, task_losses=task_losses)
+  mesh = ts.data_mesh(jax.devices()[:1])
+  weighting = ts.make_weighting("bilevel", num_tasks=2, lam_lr=1e-2, primary=(1.0, 0.0),
+                                method="finite_difference")
+  sched = optim.make_schedule("constant", 5e-2, total_steps=10)
+  opt = optax.sgd(sched)
+  step = ts.make_train_step(det, weighting, opt, sched, 0.0)
+  state = ts.init_state(det.init(0), opt, weighting, seed=3)
+  rng = np.random.default_rng(0)
+  jax.eval_shape(step, state, _toy_batch(rng, 8), _toy_batch(rng, 6))   # traces every pass
+  assert prepared == [8]
+  train_passes = [held for b, held in seen if b == 8]
+  assert len(train_passes) >= 2 and all(train_passes), seen      # theta and theta +- eps d
+  assert [held for b, held in seen if b == 6] and not any(held for b, held in seen if b == 6), seen
+
+
+def test_mil_ranking_holds_rank_weights_only_for_finite_differences():
+  from sjedd_jax import config as config_lib
+  from sjedd_jax.detectors import mil_ranking
+  c = config_lib.base_config("mil_ranking")
+  c.weighting.kind, c.weighting.method = "bilevel", "finite_difference"
+  assert mil_ranking.holds_rank_weights(c)
+  c.weighting.method = "jvp"
+  assert not mil_ranking.holds_rank_weights(c)
+  c.weighting.kind, c.weighting.method = "fixed", "finite_difference"
+  assert not mil_ranking.holds_rank_weights(c)

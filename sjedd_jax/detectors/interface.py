@@ -91,6 +91,10 @@ class Detector(NamedTuple):
   bind: Callable[[PyTree, PyTree], Any] | None = None   # (params, state) -> the NNX module (notebooks, tests)
   transform: Callable[..., Any] | None = None  # per-example data transform (pipeline.DataConfig.transform)
   image_keys: tuple[str, ...] = ("image",)     # the transform's uint8 images the pipeline normalises
+  # (params, model_state, train_batch) -> train_batch: a pre-pass at theta, once per step, before the
+  # weighting's passes (values the bi-level passes at theta, theta', theta +- eps d must share, e.g.
+  # the MIL detector's stop-gradient rank weights). None: no pre-pass (the step's program is unchanged).
+  prepare: Callable[[PyTree, PyTree, Mapping], Mapping] | None = None
 
   @property
   def num_tasks(self) -> int:

@@ -35,11 +35,12 @@ exact hypergradient as a tangent of that same linearisation), at theta' on the v
 batch (which computes its own w at theta', stop-gradient, as the spec asks) and, only with
 ``method="finite_difference"``, again at theta +- eps d. With "jvp" (this detector's default,
 ``weighting.method``) w is computed once, at theta, and held fixed for the whole step. With
-"finite_difference" the two extra passes recompute w at theta +- eps d, and a rank swap
-between them makes the difference jump; to hold w there too, a caller may put precomputed
-weights in the batch (``batch["rank_weights"]`` (B, L), computed at theta by a pre-pass,
-e.g. ``rank_weights_at(detector, params, state, batch, rng, model=config.model)``), which ``task_losses`` then
-uses in every pass. The shared step has no pre-pass hook today (a needed change, reported).
+"finite_difference" the two extra passes would recompute w at theta +- eps d, and a rank swap
+between them would make the difference jump; so with that method the detector's pre-pass
+(``Detector.prepare``, run once at theta by the shared step) puts w in the batch
+(``batch["rank_weights"]`` (B, L), stop-gradient), which ``task_losses`` then uses in every pass
+(``rank_weights_at(detector, params, state, batch, rng, model=config.model)`` computes the same
+outside a step).
 
 Scores: ``predict -> {"p_fake", "probs" (B, L), "logits" (B, L), "mil_prob" (B,)}``.
 ``p_fake`` is the MIL score P(x) (Eq. 9) for the sequence task, sigmoid(f) for the binary
@@ -311,6 +312,13 @@ def mil_score(u: jax.Array, cfg: losses_lib.LossConfig) -> jax.Array:
 
 
 # ----------------------------------------------------------------- the detector
+def holds_rank_weights(config) -> bool:
+  """True when the run's step needs w held by a pre-pass (``Detector.prepare``): bi-level weighting
+  with finite differences (with "jvp" the one linearisation at theta already holds it)."""
+  w = config.get("weighting") if config is not None else None
+  return bool(w is not None and w.get("kind") == "bilevel" and w.get("method") == "finite_difference")
+
+
 def detector_from(m, *, image_size: int, init, handle: interface.ModuleHandle, transform=None,
                   config=None) -> interface.Detector:
   """The ``Detector`` of ``config.model`` ``m`` whose module ``init(seed)`` builds."""
@@ -396,7 +404,14 @@ def detector_from(m, *, image_size: int, init, handle: interface.ModuleHandle, t
     return export(handle.merge(jax.device_get(variables.params), jax.device_get(variables.state)), out_dir,
                   m, image_size=image_size, config=run_config if run_config is not None else config)
 
+  def prepare(params, state, batch):
+    """w at theta (stop-gradient) in the batch, so the finite-difference passes at theta +- eps d use it too."""
+    _, out = forward(params, state, batch["image"], True, batch.get("rng"))
+    w = losses_lib.rank_weights(out["f"], batch["y"], batch["r"], cfg.alpha, cfg.rank_floor)
+    return {**batch, "rank_weights": jax.lax.stop_gradient(w)}
+
   return interface.Detector(
+      prepare=prepare if holds_rank_weights(config) else None,
       name=NAME, task_names=TASK_NAMES, batch_keys=TRAIN_KEYS, label_fn=make_label_fn(num, task_scale=task_scale(m)),
       init=init,
       task_losses=task_losses, predict=predict, image_size=int(image_size), mean=tuple(mean), std=tuple(std),
