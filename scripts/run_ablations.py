@@ -48,8 +48,8 @@ def default_configs(arg: str | None) -> list[str]:
 def describe(path: str) -> tuple[str, str]:
   """(paper table, row label) of a config file (its TABLE/ROW constants, or a full model)."""
   base = os.path.basename(path)
-  if base in FULL_MODELS:
-    return FULL_MODELS[base]
+  if base in FULL_MODELS and os.path.dirname(os.path.abspath(path)) == os.path.join(ROOT, "configs"):
+    return FULL_MODELS[base]   # configs/<base> only (configs/mc_lcr/synthetic.py is another detector)
   spec = importlib.util.spec_from_file_location("describe_" + base[:-3], path)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
