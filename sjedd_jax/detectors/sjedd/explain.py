@@ -139,7 +139,7 @@ def explain_structured(marginals: Any, hierarchy: Any, threshold: float = 0.5,
 def explain(marginals: Any, hierarchy: Any, threshold: float = 0.5) -> str:
   """One sentence explaining one face from its (n,) node marginals.
 
-  >>> import numpy as np; from sjedd_jax import hierarchy
+  >>> import numpy as np; from sjedd_jax.detectors.sjedd import hierarchy
   >>> m = np.array([.99, .97, .02, .1, .01, .01, .9, .95, .02, .03])
   >>> explain(m, hierarchy.ffpp())
   'The face image is fake because the global face attribute of expression is altered, through manipulation of the local lip and mouth regions.'
