@@ -85,12 +85,11 @@ def test_every_file_is_listed_labelled_and_changes_exactly_its_switch(tmp_path, 
   assert load("ffpp.py", "phase1").optim.frozen == ("cls",)
   s = load("synthetic.py")
   assert s.data.synthetic.expand is False and s.data.synthetic.oracle_masks is True
-  assert s.model.preset == "lisiam-tiny" and s.total_steps == 600 and s.batch_size == 16 and s.optim.name == "adamw"
+  assert s.model.preset == "lisiam-tiny" and s.total_steps == 1000 and s.batch_size == 16 and s.optim.name == "adamw"
   assert dict(s.model.overrides) == {"ocr_channels": 32, "transform_channels": 16}     # [I] departure
   spec = load("synthetic.py", "spec")             # spec section 9 as written
   assert diff(spec, s) == {"model.overrides.ocr_channels": 64, "model.overrides.transform_channels": 32,
-                           "batch_size": 32, "total_steps": 1000, "optim.warmup_steps": 100, "log_every": 25,
-                           "eval_every": 500, "ckpt_every": 500}
+                           "batch_size": 32, "log_every": 25, "eval_every": 500, "ckpt_every": 500}
   assert load("synthetic.py", "spec,phase1").optim.frozen == ("cls",)
   with pytest.raises(config_lib.ConfigError, match="phase"):
     load("ffpp.py", "phase4")
