@@ -11,6 +11,7 @@ import pytest
 
 from sjedd_jax import config as config_lib, detectors, inference
 from sjedd_jax.data import datasets
+from tests.config_diff import diff
 from tests.tiny import shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,21 +57,6 @@ _JEDD_COMMON = {"detector": "jedd", "hierarchy": "jedd_draft", "data.label_table
 JEDD_DRAFT = ({**_JEDD_COMMON, "model.jedd.token_ids": "auto", "optim.lr": 1e-7, "optim.schedule": "cosine",
                "num_epochs": 36},
               {**_JEDD_COMMON, "model.jedd.token_ids": "placeholder"})
-
-
-def flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flat(v, prefix + k + "."))
-    else:
-      out[prefix + k] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
-def diff(a, b):
-  fa, fb = flat(a.to_dict()), flat(b.to_dict())
-  return {k: fa.get(k, "<absent>") for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
 
 
 def load(name, arg=None):

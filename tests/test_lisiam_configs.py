@@ -19,6 +19,7 @@ import pytest
 
 from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
 from sjedd_jax.detectors import lisiam
+from tests.config_diff import diff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "lisiam")
@@ -42,21 +43,6 @@ PHASES = {   # configs/lisiam/ffpp.py:<phase> against ffpp.py (phase 3)
                "optim.frozen": ("seg",), "total_steps": 16_200},
     "phase3": {},
 }
-
-
-def flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flat(v, prefix + k + "."))
-    else:
-      out[prefix + k] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
-def diff(a, b):
-  fa, fb = flat(a.to_dict()), flat(b.to_dict())
-  return {k: fa.get(k, "<absent>") for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
 
 
 def load(rel, arg=None):

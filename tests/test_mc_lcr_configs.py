@@ -17,6 +17,7 @@ import pytest
 from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
 from sjedd_jax.data import datasets, pipeline
 from tests.test_mc_lcr import CONFIGS, shared_cache, tiny_config
+from tests.config_diff import diff
 
 ABLATIONS = os.path.join(CONFIGS, "ablations")
 
@@ -34,21 +35,6 @@ EXPECTED = {
     "full": {},
     "bilevel": {"weighting.kind": "bilevel"},
 }
-
-
-def flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flat(v, prefix + k + "."))
-    else:
-      out[prefix + k] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
-def diff(a, b):
-  fa, fb = flat(a.to_dict()), flat(b.to_dict())
-  return {k: fa.get(k, "<absent>") for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
 
 
 def load(rel, arg=None):

@@ -15,6 +15,7 @@ import pytest
 
 from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
 from sjedd_jax.data import datasets, manifest, synthetic_seq
+from tests import config_diff
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "mil_ranking")
@@ -32,19 +33,8 @@ def load(name, arg=None):
   return config_lib.load_config_file(os.path.join(CONFIGS, name + ".py"), arg)
 
 
-def flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(flat(v, prefix + k + "."))
-    else:
-      out[prefix + k] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
 def diff(a, b):
-  fa, fb = flat(a.to_dict()), flat(b.to_dict())
-  return {k: fa.get(k) for k in set(fa) | set(fb) if fa.get(k, "<absent>") != fb.get(k, "<absent>")}
+  return config_diff.diff(a, b, absent=None)
 
 
 def test_files_and_what_they_set(tmp_path, monkeypatch):
