@@ -227,6 +227,9 @@ class XceptionConfig:
     unknown = sorted(set(d) - names)
     if unknown:
       raise ValueError(f"XceptionConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
+    for k in ("stem_widths", "entry_widths", "head_widths", "block_strides"):   # JSON lists back to tuples
+      if isinstance(d.get(k), list):
+        d[k] = tuple(d[k])
     return cls(**d)
 
   def to_json(self) -> str:

@@ -165,11 +165,7 @@ class LiSiamConfig:
     if unknown:
       raise ValueError(f"LiSiamConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
     if "backbone" in d and isinstance(d["backbone"], Mapping):
-      b = dict(d["backbone"])
-      for k in ("stem_widths", "entry_widths", "head_widths", "block_strides"):
-        if k in b and isinstance(b[k], list):
-          b[k] = tuple(b[k])
-      d["backbone"] = xception_lib.XceptionConfig.from_dict(b)
+      d["backbone"] = xception_lib.XceptionConfig.from_dict(d["backbone"])
     return cls(**d)
 
   def to_json(self) -> str:

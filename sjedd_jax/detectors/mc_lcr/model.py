@@ -130,15 +130,8 @@ class MCLCRConfig:
     unknown = sorted(set(d) - names)
     if unknown:
       raise ValueError(f"MCLCRConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
-    bb = d.get("backbone")
-    if isinstance(bb, Mapping):
-      bb = dict(bb)
-      for k in ("stem_widths", "entry_widths", "head_widths"):
-        if k in bb:
-          bb[k] = tuple(bb[k])
-      if isinstance(bb.get("block_strides"), list):
-        bb["block_strides"] = tuple(bb["block_strides"])
-      d["backbone"] = xception.XceptionConfig.from_dict(bb)
+    if isinstance(d.get("backbone"), Mapping):
+      d["backbone"] = xception.XceptionConfig.from_dict(d["backbone"])
     return cls(**d)
 
   def to_json(self) -> str:
