@@ -85,6 +85,18 @@ def load_export(path: str, dtype: str | None = None) -> tuple[Detector, Variable
   return get(name).load_export(path, dtype=dtype)
 
 
+def read_export_meta(path: str, meta_name: str, what: str = "a model") -> dict:
+  """The JSON description ``meta_name`` of the export ``path``, with a clear error naming the file."""
+  meta_path = os.path.join(path, meta_name)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{path}: no {meta_name}; not {what} exported by sjedd_jax.train")
+  try:
+    with open(meta_path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise FileNotFoundError(f"{meta_path}: not a valid export description ({e})") from None
+
+
 def write_export_meta(out_dir: str, name: str, **extra) -> None:
   with open(os.path.join(out_dir, EXPORT_META), "w") as f:
     json.dump({"detector": name, **extra}, f, indent=2, default=str)

@@ -483,7 +483,7 @@ def export_meta(m: JEDD) -> dict:
 def load_export(path: str, dtype: str | None = None) -> JEDD:
   """The JEDD written by ``export`` (its stored template ids are reused as they are)."""
   from sjedd_jax.backbones.clip.checkpoints import load_pretrained  # pylint: disable=g-import-not-at-top
-  from sjedd_jax.detectors.sjedd import read_export_meta  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.detectors import read_export_meta  # pylint: disable=g-import-not-at-top
   meta = read_export_meta(path, EXPORT_META)
   clip, _ = load_pretrained(path, dtype=dtype)
   h = meta["hierarchy"]

@@ -377,14 +377,8 @@ def export(module, out_dir: str, config=None) -> str:
 
 
 def _read_meta(path: str) -> dict:
-  meta_path = os.path.join(path, EXPORT_MARKER)
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"{path}: no {EXPORT_MARKER}; not a LiSiam model exported by sjedd_jax.train")
-  try:
-    with open(meta_path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise FileNotFoundError(f"{meta_path}: not a valid export description ({e})") from None
+  from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
+  return detectors.read_export_meta(path, EXPORT_MARKER, what="a LiSiam model")
 
 
 def load_module(path: str, dtype: str | None = None):

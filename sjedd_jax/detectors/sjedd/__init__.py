@@ -374,18 +374,6 @@ def write_clip_export(out_dir: str, clip, meta_name: str, meta: dict, *, name: s
   return out_dir
 
 
-def read_export_meta(path: str, meta_name: str) -> dict:
-  """The JSON description of an export, with a clear error naming the file."""
-  meta_path = os.path.join(path, meta_name)
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"{path}: no {meta_name}; not a model exported by sjedd_jax.train")
-  try:
-    with open(meta_path) as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise FileNotFoundError(f"{meta_path}: not a valid export description ({e})") from None
-
-
 def export(module, out_dir: str, config=None) -> str:
   """Writes an inference export of an SJEDD module: the CLIP plus ``sjedd.json``.
 
@@ -412,7 +400,8 @@ def load_module(path: str, dtype: str | None = None):
   """The SJEDD module saved by ``export`` (no config needed)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   from sjedd_jax.detectors.sjedd import model as sjedd_model  # pylint: disable=g-import-not-at-top
-  meta = read_export_meta(path, EXPORT_MARKER)
+  from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
+  meta = detectors.read_export_meta(path, EXPORT_MARKER)
   clip, tokenizer = clip_backbone.load_pretrained(path, dtype=dtype)
   cfg = sjedd_model.SJEDDConfig(hierarchy=hierarchy_lib.LabelHierarchy.from_dict(meta["hierarchy"]),
                                 tau=meta["tau"], similarity=meta["similarity"], cosine_tau=meta["cosine_tau"],
