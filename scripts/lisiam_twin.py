@@ -1,7 +1,7 @@
 r"""LiSiam's synthetic twin (spec lisiam.md section 9): train the runs, evaluate them under degradations.
 
     python scripts/lisiam_twin.py --root /tmp/lisiam_twin                 # (i) LiSiam only
-    python scripts/lisiam_twin.py --root /tmp/lisiam_twin --runs i,ii,iii,iv --out /tmp/lisiam_twin/table.md
+    python scripts/lisiam_twin.py --root /tmp/lisiam_twin --runs i,ii,iii,iv,v --out /tmp/lisiam_twin/table.md
 
 Runs (same world, same budget: configs/lisiam/synthetic.py, 600 steps of batch 16; ``--arg spec``:
 the spec's 1000 steps of batch 32 and OCR widths):
@@ -45,6 +45,8 @@ RUNS = {
     "ii": ("one branch, cls only, IQD (Xception+IQD)", {"lisiam.variant": "E", "weighting.fixed": (1.0, 0.0, 0.0, 0.0)}),
     "iii": ("model G", {"lisiam.variant": "G"}),
     "iv": ("lambda_li = 0", {"weighting.fixed": (1.0, 1.0, 0.0, 0.4)}),
+    # configs/lisiam/ablations/bilevel.py on the twin (spec 10): lambda learned from (1, 1, 1, 0.4).
+    "v": ("bi-level weights", {"weighting.kind": "bilevel", "weighting.update_every": 4}),
 }
 CONDITIONS = ("clean", "jpeg_q20", "blur_s1.5", "noise_2", "pixelate_3")
 

@@ -91,6 +91,22 @@ RUNS = [("ffpp.py", "phase1"), ("ffpp.py", "phase2"), ("ffpp.py", "phase3"), ("s
        [(f"ablations/{n}.py", "synthetic") for n in sorted(EXPECTED)]
 
 
+def test_twin_script_runs_are_the_config_files(tmp_path, monkeypatch):
+  """scripts/lisiam_twin.py's runs (iii) model G, (iv) lambda_li = 0 and (v) bi-level are exactly the
+  ablation configs on the twin (the weights of (iv) are not a config file: only weighting.fixed)."""
+  monkeypatch.chdir(tmp_path)
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("lisiam_twin", os.path.join(ROOT, "scripts", "lisiam_twin.py"))
+  twin = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(twin)
+  assert diff(twin.config_of("i", None), load("synthetic.py")) == {}
+  assert diff(twin.config_of("iii", None), load("ablations/g.py", "synthetic")) == {}
+  assert diff(twin.config_of("v", None), load("ablations/bilevel.py", "synthetic")) == {}
+  assert diff(twin.config_of("iv", None), load("synthetic.py")) == {"weighting.fixed": (1.0, 1.0, 0.0, 0.4)}
+  assert diff(twin.config_of("ii", None), load("ablations/e.py", "synthetic")) == {
+      "weighting.fixed": (1.0, 0.0, 0.0, 0.0)}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fast_compile():
   """Most XLA optimisations off in this module (its cost is compiling, never running); restored after."""

@@ -1,0 +1,226 @@
+r"""LiSiam's training step: JAX (plain and bi-level, compiled) vs a PyTorch restatement, one process.
+
+    python benchmarks/lisiam_vs_torch.py --sizes synthetic,299 --repeats 3
+
+Per size, on one random batch of B face pairs (view 1 clean, view 2 degraded) with random 0/1
+forgery masks (some pixels 255, ignored) and half real / half fake labels:
+
+* ``jax plain``: ``train_step.make_train_step`` with the fixed weights (1, 1, 1, 0.4) of LiSiam (A),
+  compiled on one device: view 1 through the whole network (backbone, OCR, segmentation decoder,
+  SCU, mask-guided transformer, SE, MLP head), view 2 through the segmentation part, L_cls +
+  L_seg + L_li + 0.4 L_aux, backward, the optimiser, BatchNorm statistics;
+* ``jax bilevel``: the same with ``weighting.kind="bilevel"`` (spec section 10, the joint phase:
+  the model step plus lambda's hypergradient on a validation batch);
+* ``torch plain``: the same network restated in PyTorch (``tests/test_lisiam.py``'s ``TLiSiam``,
+  tested there for parity with the JAX model within 1e-4, on ``tests/test_xception.py``'s
+  restatement of timm's Xception; timm is not needed), the same four losses and one optimiser
+  step with ``loss.backward()``. No PyTorch bi-level step is restated: the bi-level cost is
+  reported as a ratio to JAX's own plain step.
+
+Sizes: ``synthetic`` = configs/lisiam/synthetic.py (lisiam-tiny, 64 px, batch 16, AdamW);
+``299`` = configs/lisiam/ffpp.py's joint phase (Xception to block12 with block3 and block12 at
+stride 1, OCR 512/256, 299 px, SGD momentum 0.9, coupled weight decay 5e-4) at batch 16. Times
+are the median of ``--repeats`` steps after one warm-up step (JAX: after compiling, timed
+separately). The machine's load (``os.getloadavg``) is printed with each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
+  from sjedd_jax import config as config_lib
+  if size == "synthetic":
+    c = config_lib.load_config_file(os.path.join(ROOT, "configs", "lisiam", "synthetic.py"))
+  elif size == "299":
+    c = config_lib.load_config_file(os.path.join(ROOT, "configs", "lisiam", "ffpp.py"), "phase3")
+    c.model.require_pretrained = False
+  else:
+    raise SystemExit(f"--sizes: unknown size {size!r}; expected synthetic or 299")
+  c.model.depthwise = depthwise
+  c.batch_size = batch_size
+  if bilevel:
+    c.weighting.kind = "bilevel"
+    c.weighting.update_every = 1
+  return c
+
+
+def batch(rng, b, s):
+  mask = rng.integers(0, 2, (b, s, s)).astype(np.uint8)
+  mask[:, :4] = 255                                    # padding rows, ignored by L_seg
+  y = np.tile(np.array([[0.0], [1.0]], np.float32), (b // 2, 1))
+  mask[y[:, 0] == 0] = np.where(mask[y[:, 0] == 0] == 255, 255, 0)
+  return {"image": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32),
+          "image2": rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32), "mask": mask, "y": y}
+
+
+def time_jax(size: str, bilevel: bool, repeats: int, depthwise: str, batch_size: int) -> dict:
+  from sjedd_jax import detectors, optim, train_step as ts
+  c = jax_config(size, bilevel, depthwise, batch_size)
+  det = detectors.make(c)
+  variables = det.init(0)
+  opt = optim.make(c.optim, total_steps=1000, steps_per_epoch=100, params=variables.params,
+                   labels=det.param_labels(variables.params))
+  weighting = ts.weighting_from_config(c, det, steps_per_epoch=100)
+  step = ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay)
+  mesh = ts.data_mesh(jax.devices()[:1])
+  state = ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)
+  rng = np.random.default_rng(0)
+  s = c.data.image_size
+  tb = ts.global_batch(batch(rng, c.batch_size, s), mesh, det.batch_keys)
+  vb = ts.global_batch(batch(rng, c.batch_size, s), mesh, det.batch_keys)
+  t0 = time.perf_counter()
+  compiled = ts.compile_train_step(step, mesh)
+  state, m = compiled(state, tb, vb)
+  jax.block_until_ready(m)
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    state, m = compiled(state, tb, vb)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.params))
+  return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
+          **{k: float(v) for k, v in m.items() if k.startswith("loss/")}}
+
+
+# ------------------------------------------------------------------ PyTorch restatement
+def torch_step(size: str, batch_size: int):
+  """(step function, parameter count, threads) of the PyTorch restatement at ``size``."""
+  import torch
+  import torch.nn.functional as F
+  from sjedd_jax.detectors import lisiam
+  from tests.test_lisiam import TLiSiam
+
+  c = jax_config(size, False, "xla", batch_size)
+  cfg = lisiam.model_config(c)
+
+  class Split(TLiSiam):
+    """TLiSiam's forward cut in two: ``segment`` (both views) and ``classify`` (view 1)."""
+
+    def segment(self, x):
+      if self.cfg.channel_order == "bgr":
+        x = x.flip(1)
+      taps = self.backbone_net(x)
+      aux = self.auxiliary_decoder(taps["block4"])
+      x0 = self.bottleneck(taps["block12"])
+      probs = torch.softmax(aux.flatten(2), dim=2)
+      regions = torch.matmul(probs, x0.flatten(2).transpose(1, 2)).transpose(1, 2).unsqueeze(3)
+      feats = self.object_context_block(x0, regions)
+      return aux, self.segDecoder(feats), feats
+
+    def classify(self, feats, seg):
+      xc = self.clsE(feats)
+      g = F.interpolate(torch.softmax(seg, 1), size=xc.shape[2:], mode="bilinear", align_corners=False)
+      xf, xr = xc * g[:, 1:2], xc * g[:, 0:1]
+      b, ch, n, m = xc.shape
+      q = self.Qf(xf).flatten(2).transpose(1, 2)
+      k = self.Kf(xr).flatten(2)
+      v = self.Vf(xr).flatten(2).transpose(1, 2)
+      att = self.attn_dropout(torch.softmax(torch.matmul(q, k), dim=-1))
+      y = torch.matmul(att, v).transpose(1, 2).reshape(b, ch, n, m)
+      z = torch.cat([xc, self.BN(self.W_z(y) + xf)], 1)
+      z = z * self.se.fc(z.mean((2, 3)))[:, :, None, None]
+      return self.getScore(z.mean((2, 3)))
+
+  torch.manual_seed(0)
+  model = Split(cfg).train()
+  del model.backbone_net.fc     # the restated Xception's ImageNet classifier: LiSiam has none
+  o = c.optim
+  if o.name == "sgd":
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.get("momentum", 0.9), weight_decay=o.weight_decay)
+  else:
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+  w = [float(x) for x in c.weighting.fixed]
+  rng = np.random.default_rng(0)
+  bt = batch(rng, c.batch_size, c.data.image_size)
+  x1 = torch.from_numpy(bt["image"]).permute(0, 3, 1, 2).contiguous()
+  x2 = torch.from_numpy(bt["image2"]).permute(0, 3, 1, 2).contiguous()
+  mask = torch.from_numpy(bt["mask"].astype(np.int64))
+  y = torch.from_numpy(bt["y"][:, 0].astype(np.int64))
+  size_hw = mask.shape[1:]
+
+  def seg_ce(logits):
+    up = F.interpolate(logits, size=size_hw, mode="bilinear", align_corners=False)
+    return F.cross_entropy(up, mask, ignore_index=255)
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    aux1, seg1, feats1 = model.segment(x1)
+    _, seg2, _ = model.segment(x2)
+    logits = model.classify(feats1, seg1)
+    losses = (F.cross_entropy(logits, y), seg_ce(seg1), (seg1 - seg2).abs().mean(), seg_ce(aux1))
+    loss = sum(wi * li for wi, li in zip(w, losses))
+    loss.backward()
+    opt.step()
+    return [float(li.detach()) for li in losses]
+
+  return step, sum(p.numel() for p in model.parameters()), torch.get_num_threads()
+
+
+def time_torch(size: str, repeats: int, batch_size: int) -> dict:
+  step, n, threads = torch_step(size, batch_size)
+  t0 = time.perf_counter()
+  step()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    losses = step()
+    times.append(time.perf_counter() - t0)
+  return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
+          "threads": threads, **dict(zip(("loss/cls", "loss/seg", "loss/li", "loss/aux"), losses))}
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--sizes", default="synthetic,299")
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--batch_size", type=int, default=16, help="face pairs per step (x 2 views)")
+  ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
+  ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
+  ap.add_argument("--json", default="", help="write the rows here too")
+  args = ap.parse_args(argv)
+  only = set(args.only.split(","))
+  unknown = only - {"jax_plain", "jax_bilevel", "torch"}
+  if unknown:
+    ap.error(f"--only: unknown step(s) {sorted(unknown)}")
+  rows = []
+  for size in args.sizes.split(","):
+    for name, fn in (("jax_plain", lambda: time_jax(size, False, args.repeats, args.depthwise, args.batch_size)),
+                     ("jax_bilevel", lambda: time_jax(size, True, args.repeats, args.depthwise, args.batch_size)),
+                     ("torch", lambda: time_torch(size, args.repeats, args.batch_size))):
+      if name not in only:
+        continue
+      load0 = os.getloadavg()[0]
+      r = fn()
+      r.update(size=size, step=name, batch=args.batch_size, load_before=load0, load_after=os.getloadavg()[0])
+      rows.append(r)
+      print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}), flush=True)
+      if args.json:   # written after every row: a long run stopped early keeps what it measured
+        with open(args.json, "w") as f:
+          json.dump(rows, f, indent=1)
+  by = {(r["size"], r["step"]): r["step_s"] for r in rows}
+  for size in args.sizes.split(","):
+    p, b, t = (by.get((size, k)) for k in ("jax_plain", "jax_bilevel", "torch"))
+    if p and b:
+      print(f"{size}: bilevel / plain = {b / p:.2f}")
+    if p and t:
+      print(f"{size}: torch / jax plain = {t / p:.2f}")
+
+
+if __name__ == "__main__":
+  main()
