@@ -18,7 +18,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 from types import ModuleType
+from typing import Callable
 
 from sjedd_jax.detectors.interface import Detector, ModuleHandle, Variables
 
@@ -100,3 +102,26 @@ def read_export_meta(path: str, meta_name: str, what: str = "a model") -> dict:
 def write_export_meta(out_dir: str, name: str, **extra) -> None:
   with open(os.path.join(out_dir, EXPORT_META), "w") as f:
     json.dump({"detector": name, **extra}, f, indent=2, default=str)
+
+
+def write_export(out_dir: str, name: str, write: Callable[[str], None], meta_name: str, meta: dict,
+                 **detector_meta) -> str:
+  """Writes an export directory atomically, on process 0 only: ``write(tmp)`` puts the weights
+  into ``out_dir.tmp`` (made empty first; ``write`` may create it), then the JSON description
+  ``meta_name`` and ``detector.json`` (``{"detector": name, **detector_meta}``) go beside them and
+  ``out_dir.tmp`` replaces ``out_dir``. Returns ``out_dir``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return out_dir
+  tmp = out_dir + ".tmp"
+  if os.path.exists(tmp):
+    shutil.rmtree(tmp)
+  write(tmp)
+  os.makedirs(tmp, exist_ok=True)
+  with open(os.path.join(tmp, meta_name), "w") as f:
+    json.dump(meta, f, indent=2, default=str)
+  write_export_meta(tmp, name, **detector_meta)
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.replace(tmp, out_dir)
+  return out_dir

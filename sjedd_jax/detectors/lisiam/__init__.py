@@ -21,9 +21,7 @@ OCR, aux head, segmentation decoder) or ``"cls"`` (SCU, MT, SE, MLP) through
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -358,22 +356,14 @@ def export(module, out_dir: str, config=None) -> str:
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
   from sjedd_jax.detectors.lisiam import model as model_lib  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return out_dir
-  tmp = out_dir + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in model_lib.flatten(module).items()},
-            os.path.join(tmp, EXPORT_WEIGHTS))
+
+  def write(tmp):
+    os.makedirs(tmp)
+    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in model_lib.flatten(module).items()},
+              os.path.join(tmp, EXPORT_WEIGHTS))
+
   meta = {"model": module.config.to_dict(), "config": _to_dict(config)}
-  with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
-    json.dump(meta, f, indent=2, default=str)
-  detectors.write_export_meta(tmp, NAME)
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-  return out_dir
+  return detectors.write_export(out_dir, NAME, write, EXPORT_MARKER, meta)
 
 
 def _read_meta(path: str) -> dict:

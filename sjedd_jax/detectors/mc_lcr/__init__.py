@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -320,23 +319,17 @@ def export(module, out_dir: str, *, loss_opts: Mapping[str, Any] | None = None, 
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
   from sjedd_jax.detectors.mc_lcr import model as model_lib  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return out_dir
-  tmp = out_dir + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
-  flat = {k: np.ascontiguousarray(v) for k, v in model_lib.flatten(module).items()}
-  save_file(flat, os.path.join(tmp, MODEL_FILE), metadata={"format": "sjedd_jax mc_lcr", "version": str(EXPORT_FORMAT)})
+
+  def write(tmp):
+    os.makedirs(tmp)
+    flat = {k: np.ascontiguousarray(v) for k, v in model_lib.flatten(module).items()}
+    save_file(flat, os.path.join(tmp, MODEL_FILE),
+              metadata={"format": "sjedd_jax mc_lcr", "version": str(EXPORT_FORMAT)})
+
   meta = {"format": EXPORT_FORMAT, "model": module.config.to_dict(), "loss": dict(loss_opts or {}),
           "task_names": list(TASK_NAMES), "params": model_lib.count_params(module), "config": _to_dict(config)}
-  with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
-    json.dump(meta, f, indent=2, default=str)
-  detectors.write_export_meta(tmp, NAME, model_file=MODEL_FILE, image_size=module.config.image_size)
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-  return out_dir
+  return detectors.write_export(out_dir, NAME, write, EXPORT_MARKER, meta,
+                                model_file=MODEL_FILE, image_size=module.config.image_size)
 
 
 def load_module(path: str, dtype: str | None = None):

@@ -56,7 +56,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -503,22 +502,15 @@ def export(module, out_dir: str, m, *, image_size: int, config=None) -> str:
   size, the component names, the run's config) and ``detector.json``; atomically (``out_dir.tmp``)."""
   from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
   from sjedd_jax.detectors.mil_ranking import model as model_lib  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return out_dir
-  tmp = out_dir + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  os.makedirs(tmp)
-  model_lib.save(module, os.path.join(tmp, model_lib.WEIGHTS_FILE))
+
+  def write(tmp):
+    os.makedirs(tmp)
+    model_lib.save(module, os.path.join(tmp, model_lib.WEIGHTS_FILE))
+
   meta = {"format": EXPORT_FORMAT, "model": _to_dict(m), "image_size": int(image_size),
           "components": list(component_names(m)), "task_names": list(TASK_NAMES), "config": _to_dict(config)}
-  with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
-    json.dump(meta, f, indent=2, default=str)
-  detectors.write_export_meta(tmp, NAME, weights=model_lib.WEIGHTS_FILE, image_size=int(image_size))
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-  return out_dir
+  return detectors.write_export(out_dir, NAME, write, EXPORT_MARKER, meta,
+                                weights=model_lib.WEIGHTS_FILE, image_size=int(image_size))
 
 
 def _model_config(stored: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -357,21 +356,13 @@ def write_clip_export(out_dir: str, clip, meta_name: str, meta: dict, *, name: s
   """Writes a CLIP-based export atomically: the CLIP (``load_pretrained`` format), ``meta_name``,
   ``detector.json`` and any extra files, into ``out_dir.tmp`` then renamed to ``out_dir``."""
   from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
-  if jax.process_index() != 0:
-    return out_dir
-  tmp = out_dir + ".tmp"
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
-  clip_backbone.save_pretrained(clip, tmp, source=source)
-  for fname, write in (extra_files or {}).items():
-    write(os.path.join(tmp, fname))
-  with open(os.path.join(tmp, meta_name), "w") as f:
-    json.dump(meta, f, indent=2, default=str)
-  detectors.write_export_meta(tmp, name)
-  if os.path.exists(out_dir):
-    shutil.rmtree(out_dir)
-  os.replace(tmp, out_dir)
-  return out_dir
+
+  def write(tmp):
+    clip_backbone.save_pretrained(clip, tmp, source=source)
+    for fname, write_file in (extra_files or {}).items():
+      write_file(os.path.join(tmp, fname))
+
+  return detectors.write_export(out_dir, name, write, meta_name, meta)
 
 
 def export(module, out_dir: str, config=None) -> str:
