@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from sjedd_jax import config as config_lib, detectors, optim, train_step as ts
+from sjedd_jax.backbones import xception
 from sjedd_jax.config import ConfigError
 from sjedd_jax.detectors import interface, mc_lcr
 from sjedd_jax.detectors.mc_lcr import model as model_lib
@@ -118,7 +119,10 @@ def test_config_errors_name_the_field():
   c.model.depthwise = "grouped"
   with pytest.raises(ConfigError, match="depthwise"):
     mc_lcr.make(c)
-  assert config_lib.base_config("mc_lcr").model.depthwise == "shifted"
+  assert config_lib.base_config("mc_lcr").model.depthwise == "auto"
+  assert xception.depthwise_impl("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
+  with pytest.raises(ValueError, match="depthwise='grouped'"):
+    xception.depthwise_impl("grouped")
 
 
 def test_shifted_depthwise_is_the_grouped_conv(cache):

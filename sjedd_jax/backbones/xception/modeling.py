@@ -425,6 +425,22 @@ class ShiftedDepthwise(nnx.Module):
     return out
 
 
+DEPTHWISE = ("shifted", "xla", "auto")
+
+
+def depthwise_impl(kind: str) -> str:
+  """The depthwise form a model config's ``depthwise`` asks for: "shifted" or "xla" as given;
+  "auto" is "shifted" on the CPU backend (XLA:CPU's grouped convs are ~50x slower) and "xla"
+  elsewhere: the shifted form's backward keeps about twice the activation memory (LiSiam's
+  backbone gradient at 299 px: 3.9 GB against 1.7 GB for 2 images), which a GPU cannot spare
+  at the papers' batch sizes."""
+  if kind not in DEPTHWISE:
+    raise ValueError(f"depthwise={kind!r}; expected one of {list(DEPTHWISE)}")
+  if kind == "auto":
+    return "shifted" if jax.default_backend() == "cpu" else "xla"
+  return kind
+
+
 def use_shifted_depthwise(backbone: "Xception") -> "Xception":
   """Swaps every separable conv's depthwise ``conv1`` for ``ShiftedDepthwise`` (same parameters and
   state paths), in place. A workaround for XLA:CPU's slow grouped convolutions."""

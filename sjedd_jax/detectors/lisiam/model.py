@@ -73,7 +73,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 SCU_KINDS = ("release", "depthwise")
 HEADS = ("mt", "seg_logits")
 CHANNEL_ORDERS = ("rgb", "bgr")
-DEPTHWISE = ("shifted", "xla")
+DEPTHWISE = xception_lib.DEPTHWISE
 RELEASE_STRIDES = {"block3": 1, "block12": 1}
 
 
@@ -98,7 +98,8 @@ class LiSiamConfig:
     channel_order: "rgb" or "bgr" (the input is flipped to BGR inside the model).
     depthwise: how the backbone's 3x3 depthwise convs run: "shifted" (nine shifted
       multiply-adds, ``ShiftedDepthwise``; the same function and parameters) or "xla" (the
-      backbone's grouped ``nnx.Conv``, very slow on XLA:CPU).
+      backbone's grouped ``nnx.Conv``, very slow on XLA:CPU) or "auto" (shifted on CPU, xla
+      elsewhere: ``xception.depthwise_impl``).
     bn_momentum, bn_eps: torch's BatchNorm defaults.
     dtype: compute dtype ("float32", "bfloat16"); parameters and statistics stay float32.
   """
@@ -262,7 +263,7 @@ class LiSiam(nnx.Module):
     o, t = cfg.ocr_channels, cfg.transform_channels
     kw = dict(cfg=cfg, rngs=rngs)
     self.backbone = xception_lib.Xception(bb, rngs=rngs)
-    if cfg.depthwise == "shifted":
+    if xception_lib.depthwise_impl(cfg.depthwise) == "shifted":
       xception_lib.use_shifted_depthwise(self.backbone)
     self.aux_conv = ConvBN(bb.tap_channels["block4"], o, 3, padding=1, **kw)
     self.aux_cls = _conv(o, cfg.num_classes, 1, bias=True, dtype=dt, rngs=rngs)

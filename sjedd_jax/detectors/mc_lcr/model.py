@@ -31,7 +31,7 @@ from sjedd_jax.detectors.mc_lcr import modules
 
 DTYPES = ("float32", "bfloat16")
 GF_LAYERS = ("block12", "act4")
-DEPTHWISE = ("shifted", "xla")
+DEPTHWISE = xception.DEPTHWISE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,8 @@ class MCLCRConfig:
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     depthwise: how the backbone's 3x3 stride-1 depthwise convs run: "shifted" (nine shifted
       multiply-adds, ``xception.use_shifted_depthwise``; the default: XLA:CPU runs grouped convs
-      far slower) or "xla" (``nnx.Conv`` with ``feature_group_count=C``). The same function,
+      far slower), "xla" (``nnx.Conv`` with ``feature_group_count=C``) or "auto" (shifted on CPU,
+      xla elsewhere, where the shifted form's extra activation memory costs more: ``xception.depthwise_impl``). The same function,
       parameters and variable paths: an export of one loads into the other.
     mean, std: the input normalisation the model undoes for the spectra.
   """
@@ -161,7 +162,7 @@ def from_model_config(m, image_size: int) -> MCLCRConfig:
                      token_dim=int(m.get("token_dim", 0) or 0), heads=int(m.heads), token_hidden=int(m.token_hidden), channel_hidden=int(m.channel_hidden),
                      mixer_depth=int(m.mixer_depth), fe_dim=int(m.fe_dim), z_dim=int(m.z_dim),
                      dropout=float(m.dropout), ssrb=bool(m.ssrb), papda=bool(m.papda), gf=bool(m.get("gf", True)),
-                     ssrb_norm=m.ssrb_norm, dtype=dtype, depthwise=m.get("depthwise", "shifted"))
+                     ssrb_norm=m.ssrb_norm, dtype=dtype, depthwise=m.get("depthwise", "auto"))
 
 
 class MCLCR(nnx.Module):
@@ -178,7 +179,7 @@ class MCLCR(nnx.Module):
     cfg = config or MCLCRConfig()
     self.config = cfg
     self.backbone = xception.Xception(cfg.backbone, rngs=rngs) if cfg.uses_backbone else None
-    if self.backbone is not None and cfg.depthwise == "shifted":
+    if self.backbone is not None and xception.depthwise_impl(cfg.depthwise) == "shifted":
       xception.use_shifted_depthwise(self.backbone)
     self.head = modules.MCLCRHead(**cfg.head_kwargs(), rngs=rngs)
 
