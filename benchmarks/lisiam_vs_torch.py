@@ -108,36 +108,8 @@ def torch_step(size: str, batch_size: int):
   c = jax_config(size, False, "xla", batch_size)
   cfg = lisiam.model_config(c)
 
-  class Split(TLiSiam):
-    """TLiSiam's forward cut in two: ``segment`` (both views) and ``classify`` (view 1)."""
-
-    def segment(self, x):
-      if self.cfg.channel_order == "bgr":
-        x = x.flip(1)
-      taps = self.backbone_net(x)
-      aux = self.auxiliary_decoder(taps["block4"])
-      x0 = self.bottleneck(taps["block12"])
-      probs = torch.softmax(aux.flatten(2), dim=2)
-      regions = torch.matmul(probs, x0.flatten(2).transpose(1, 2)).transpose(1, 2).unsqueeze(3)
-      feats = self.object_context_block(x0, regions)
-      return aux, self.segDecoder(feats), feats
-
-    def classify(self, feats, seg):
-      xc = self.clsE(feats)
-      g = F.interpolate(torch.softmax(seg, 1), size=xc.shape[2:], mode="bilinear", align_corners=False)
-      xf, xr = xc * g[:, 1:2], xc * g[:, 0:1]
-      b, ch, n, m = xc.shape
-      q = self.Qf(xf).flatten(2).transpose(1, 2)
-      k = self.Kf(xr).flatten(2)
-      v = self.Vf(xr).flatten(2).transpose(1, 2)
-      att = self.attn_dropout(torch.softmax(torch.matmul(q, k), dim=-1))
-      y = torch.matmul(att, v).transpose(1, 2).reshape(b, ch, n, m)
-      z = torch.cat([xc, self.BN(self.W_z(y) + xf)], 1)
-      z = z * self.se.fc(z.mean((2, 3)))[:, :, None, None]
-      return self.getScore(z.mean((2, 3)))
-
   torch.manual_seed(0)
-  model = Split(cfg).train()
+  model = TLiSiam(cfg).train()   # segment (both views) and classify (view 1)
   del model.backbone_net.fc     # the restated Xception's ImageNet classifier: LiSiam has none
   o = c.optim
   if o.name == "sgd":

@@ -106,6 +106,11 @@ class TLiSiam(nn.Module):
           mod.running_var.uniform_(0.5, 1.5)
 
   def forward(self, x):
+    aux, seg, feats = self.segment(x)
+    return aux, seg, self.classify(feats, seg)
+
+  def segment(self, x):
+    """Backbone, OCR and segmentation decoder: (A, X_s, X_I)."""
     if self.cfg.channel_order == "bgr":
       x = x.flip(1)
     taps = self.backbone_net(x)
@@ -115,9 +120,12 @@ class TLiSiam(nn.Module):
     regions = torch.matmul(probs, x0.flatten(2).transpose(1, 2))         # (B, K, C)
     regions = regions.transpose(1, 2).unsqueeze(3)                        # (B, C, K, 1)
     feats = self.object_context_block(x0, regions)
-    seg = self.segDecoder(feats)
+    return aux, self.segDecoder(feats), feats
+
+  def classify(self, feats, seg):
+    """The logits from X_I and X_s: SCU, mask-guided transformer, SE, MLP head (or model F's head)."""
     if self.cfg.head == "seg_logits":
-      return aux, seg, F.adaptive_avg_pool2d(self.clsDR(seg), 1).flatten(1)
+      return F.adaptive_avg_pool2d(self.clsDR(seg), 1).flatten(1)
     xc = self.clsE(feats)
     g = F.interpolate(torch.softmax(seg, 1), size=xc.shape[2:], mode="bilinear", align_corners=False)
     xf, xr = xc * g[:, 1:2], xc * g[:, 0:1]
@@ -131,7 +139,7 @@ class TLiSiam(nn.Module):
     z = torch.cat([xc, self.BN(y)], 1)
     s = self.se.fc(z.mean((2, 3)))
     z = z * s[:, :, None, None]
-    return aux, seg, self.getScore(z.mean((2, 3)))
+    return self.getScore(z.mean((2, 3)))
 
 
 def torch_state(tm: nn.Module) -> dict:
