@@ -31,13 +31,13 @@ import json
 import os
 import statistics
 import sys
-import time
 
-import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import step_timing  # noqa: E402  (after the path)
 
 
 def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
@@ -67,34 +67,9 @@ def batch(rng, b, s):
 
 
 def time_jax(size: str, bilevel: bool, repeats: int, depthwise: str, batch_size: int) -> dict:
-  from sjedd_jax import detectors, optim, train_step as ts
-  c = jax_config(size, bilevel, depthwise, batch_size)
-  det = detectors.make(c)
-  variables = det.init(0)
-  opt = optim.make(c.optim, total_steps=1000, steps_per_epoch=100, params=variables.params,
-                   labels=det.param_labels(variables.params))
-  weighting = ts.weighting_from_config(c, det, steps_per_epoch=100)
-  step = ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay)
-  mesh = ts.data_mesh(jax.devices()[:1])
-  state = ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)
-  rng = np.random.default_rng(0)
-  s = c.data.image_size
-  tb = ts.global_batch(batch(rng, c.batch_size, s), mesh, det.batch_keys)
-  vb = ts.global_batch(batch(rng, c.batch_size, s), mesh, det.batch_keys)
-  t0 = time.perf_counter()
-  compiled = ts.compile_train_step(step, mesh)
-  state, m = compiled(state, tb, vb)
-  jax.block_until_ready(m)
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    state, m = compiled(state, tb, vb)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.params))
-  return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
-          **{k: float(v) for k, v in m.items() if k.startswith("loss/")}}
+  r = step_timing.time_train_step(jax_config(size, bilevel, depthwise, batch_size), batch, repeats)
+  losses = {k: v for k, v in r.pop("metrics").items() if k.startswith("loss/")}
+  return {**r, **losses}
 
 
 # ------------------------------------------------------------------ PyTorch restatement
@@ -145,14 +120,9 @@ def torch_step(size: str, batch_size: int):
 
 def time_torch(size: str, repeats: int, batch_size: int) -> dict:
   step, n, threads = torch_step(size, batch_size)
-  t0 = time.perf_counter()
-  step()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    losses = step()
-    times.append(time.perf_counter() - t0)
+  out = {}
+  first, times = step_timing.time_calls(lambda: out.update(losses=step()), repeats)
+  losses = out["losses"]
   return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
           "threads": threads, **dict(zip(("loss/cls", "loss/seg", "loss/li", "loss/aux"), losses))}
 

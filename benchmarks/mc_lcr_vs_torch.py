@@ -28,13 +28,13 @@ import math
 import os
 import statistics
 import sys
-import time
 
-import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import step_timing  # noqa: E402  (after the path)
 
 
 def jax_config(size: str, bilevel: bool, depthwise: str):
@@ -59,33 +59,11 @@ def batch(rng, b, s):
 
 
 def time_jax(size: str, bilevel: bool, repeats: int, depthwise: str) -> dict:
-  from sjedd_jax import detectors, optim, train_step as ts
-  c = jax_config(size, bilevel, depthwise)
-  det = detectors.make(c)
-  variables = det.init(0)
-  opt = optim.make(c.optim, total_steps=100, steps_per_epoch=100, params=variables.params,
-                   labels=det.param_labels(variables.params))
-  weighting = ts.weighting_from_config(c, det, steps_per_epoch=100)
-  step = ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay)
-  mesh = ts.data_mesh(jax.devices()[:1])
-  state = ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)
-  rng = np.random.default_rng(0)
-  s = c.data.image_size
-  tb = ts.global_batch(batch(rng, c.batch_size, s), mesh)
-  vb = ts.global_batch(batch(rng, c.batch_size, s), mesh)
-  t0 = time.perf_counter()
-  compiled = ts.compile_train_step(step, mesh)
-  state, m = compiled(state, tb, vb)
-  jax.block_until_ready(m)
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    state, m = compiled(state, tb, vb)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  return {"first_step_s": first, "step_s": statistics.median(times), "times": times,
-          "loss_ce": float(m["loss/ce"]), "loss_supcon": float(m["loss/supcon"])}
+  r = step_timing.time_train_step(jax_config(size, bilevel, depthwise), batch, repeats,
+                                  keys_from_detector=False)
+  m = r.pop("metrics")
+  r.pop("params")
+  return {**r, "loss_ce": m["loss/ce"], "loss_supcon": m["loss/supcon"]}
 
 
 # ------------------------------------------------------------------ PyTorch restatement
@@ -196,14 +174,9 @@ def time_torch(size: str, repeats: int) -> dict:
     opt.step()
     return float(ce.detach()), float(sc.detach())
 
-  t0 = time.perf_counter()
-  step()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    ce, sc = step()
-    times.append(time.perf_counter() - t0)
+  out = {}
+  first, times = step_timing.time_calls(lambda: out.update(losses=step()), repeats)
+  ce, sc = out["losses"]
   n = sum(p.numel() for p in model.parameters())
   return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
           "loss_ce": ce, "loss_supcon": sc, "threads": torch.get_num_threads()}

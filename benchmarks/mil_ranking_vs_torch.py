@@ -39,6 +39,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks.step_timing import time_calls  # noqa: E402  (after the path)
+
 
 def load_config(size: str):
   from sjedd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
@@ -67,18 +69,6 @@ def random_batch(det, batch_size: int, size: int, seed: int = 0) -> dict:
   out = {k: np.stack([lab[k] for lab in labs]).astype(np.float32) for k in labs[0]}
   out["image"] = rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32)
   return out
-
-
-def time_calls(fn, repeats: int) -> tuple[float, list[float]]:
-  t = time.perf_counter()
-  fn()
-  first = time.perf_counter() - t
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return first, times
 
 
 # ------------------------------------------------------------------ JAX

@@ -23,9 +23,10 @@ Choices, each a constructor switch (``LiSiamConfig``):
   p1 2->2 over X_s; no SCU/MT/MLP);
 * ``channel_order``: "rgb" (default) or "bgr" (the release feeds OpenCV's BGR; only for its
   checkpoints): the model flips the channels of its RGB input;
-* ``depthwise``: "shifted" (default) runs the backbone's depthwise 3x3 convs as nine shifted
+* ``depthwise``: "shifted" runs the backbone's depthwise 3x3 convs as nine shifted
   multiply-adds (``ShiftedDepthwise``: same parameters, paths and outputs; XLA:CPU's grouped
-  convolution is ~50x slower at these sizes) or "xla" (the backbone's own ``nnx.Conv``);
+  convolution is ~50x slower at these sizes), "xla" the backbone's own ``nnx.Conv`` (half the
+  activation memory), "auto" (default) shifted on CPU and xla elsewhere;
 * BatchNorm is ``layers.BatchNorm`` (torch's momentum 0.1, eps 1e-5, unbiased running
   variance); Dropout2d is ``layers.channel_dropout``; the MT's attention dropout is
   element-wise. The release's aux and segmentation heads have Dropout2d(0), i.e. none.
@@ -98,8 +99,8 @@ class LiSiamConfig:
     channel_order: "rgb" or "bgr" (the input is flipped to BGR inside the model).
     depthwise: how the backbone's 3x3 depthwise convs run: "shifted" (nine shifted
       multiply-adds, ``ShiftedDepthwise``; the same function and parameters) or "xla" (the
-      backbone's grouped ``nnx.Conv``, very slow on XLA:CPU) or "auto" (shifted on CPU, xla
-      elsewhere: ``xception.depthwise_impl``).
+      backbone's grouped ``nnx.Conv``, very slow on XLA:CPU) or "auto" (the default: shifted on
+      CPU, xla elsewhere: ``xception.depthwise_impl``).
     bn_momentum, bn_eps: torch's BatchNorm defaults.
     dtype: compute dtype ("float32", "bfloat16"); parameters and statistics stay float32.
   """
@@ -116,7 +117,7 @@ class LiSiamConfig:
   head_width: int = 1024
   head: str = "mt"
   channel_order: str = "rgb"
-  depthwise: str = "shifted"
+  depthwise: str = "auto"
   bn_momentum: float = 0.1
   bn_eps: float = 1e-5
   dtype: str = "float32"

@@ -51,9 +51,10 @@ class MCLCRConfig:
     ssrb_norm: Gram normalisation "none" / "hw" / "chw".
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
     depthwise: how the backbone's 3x3 stride-1 depthwise convs run: "shifted" (nine shifted
-      multiply-adds, ``xception.use_shifted_depthwise``; the default: XLA:CPU runs grouped convs
-      far slower), "xla" (``nnx.Conv`` with ``feature_group_count=C``) or "auto" (shifted on CPU,
-      xla elsewhere, where the shifted form's extra activation memory costs more: ``xception.depthwise_impl``). The same function,
+      multiply-adds, ``xception.use_shifted_depthwise``: XLA:CPU runs grouped convs far slower),
+      "xla" (``nnx.Conv`` with ``feature_group_count=C``) or "auto" (the default: shifted on CPU,
+      xla elsewhere, where the shifted form's extra activation memory costs more:
+      ``xception.depthwise_impl``). The same function,
       parameters and variable paths: an export of one loads into the other.
     mean, std: the input normalisation the model undoes for the spectra.
   """
@@ -74,7 +75,7 @@ class MCLCRConfig:
   gf: bool = True
   ssrb_norm: str = "hw"
   dtype: str = "float32"
-  depthwise: str = "shifted"
+  depthwise: str = "auto"
   mean: tuple[float, float, float] = xception.MEAN
   std: tuple[float, float, float] = xception.STD
 

@@ -1,0 +1,62 @@
+"""Timing pieces shared by the detectors' step benchmarks (``benchmarks/*_vs_torch.py``).
+
+* ``time_calls(fn, repeats)``: one warm-up call (which compiles, for JAX), then ``repeats`` timed
+  calls;
+* ``time_train_step(config, make_batch, repeats)``: the trainer's compiled step
+  (``train_step.make_train_step``) of ``config``'s detector, weighting and optimiser on one
+  device, timed on two fixed batches (training, validation).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def time_calls(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+  """(seconds of the first call, seconds of each of the ``repeats`` calls after it)."""
+  t = time.perf_counter()
+  fn()
+  first = time.perf_counter() - t
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return first, times
+
+
+def time_train_step(config, make_batch: Callable[[np.random.Generator, int, int], dict], repeats: int,
+                    keys_from_detector: bool = True) -> dict:
+  """``{"first_step_s", "step_s" (median), "times", "params", "metrics"}`` of ``config``'s compiled
+  training step on batches ``make_batch(rng, config.batch_size, config.data.image_size)``.
+
+  ``keys_from_detector``: pass only ``Detector.batch_keys`` to the step (else the whole batch).
+  The first step's time includes compiling.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import detectors, optim, train_step as ts  # pylint: disable=g-import-not-at-top
+  det = detectors.make(config)
+  variables = det.init(0)
+  opt = optim.make(config.optim, total_steps=1000, steps_per_epoch=100, params=variables.params,
+                   labels=det.param_labels(variables.params))
+  weighting = ts.weighting_from_config(config, det, steps_per_epoch=100)
+  mesh = ts.data_mesh(jax.devices()[:1])
+  step = ts.compile_train_step(ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay), mesh)
+  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.params))
+  holder = {"state": ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)}
+  rng = np.random.default_rng(0)
+  keys = det.batch_keys if keys_from_detector else None
+  tb, vb = (ts.global_batch(make_batch(rng, config.batch_size, config.data.image_size), mesh, keys)
+            for _ in range(2))
+
+  def call():
+    holder["state"], holder["metrics"] = step(holder["state"], tb, vb)
+    jax.block_until_ready(holder["metrics"])
+
+  first, times = time_calls(call, repeats)
+  return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": params,
+          "metrics": {k: float(v) for k, v in jax.device_get(holder["metrics"]).items() if np.ndim(v) == 0}}
