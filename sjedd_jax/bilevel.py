@@ -55,6 +55,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sjedd_jax import autodiff
+
 PyTree = Any
 TaskLossesFn = Callable[[PyTree, Any], jax.Array]  # (params, batch) -> (T,) [, aux]
 
@@ -192,7 +194,9 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
     optimizer: the optax transformation for lam (default Adam, lr 1e-3).
     init_value: initial lam (scalar or (T,)), default 1.0.
     primary: outer-loss task weights, default (1, 0, ..., 0): task 0 is primary.
-    method: "finite_difference" (spec default) or "jvp".
+    method: "finite_difference" (spec default) or "jvp" (the exact directional derivative; its
+      steps trace ``task_losses_fn`` inside ``autodiff.forward_mode_forms()``, so this library's
+      layers with a ``jax.custom_vjp`` backward take their forward-differentiable form).
     radius: finite-difference radius (spec: 0.01).
     update_every: update lam every k-th step only (lam is held in between, and
       the hypergradient work is skipped with ``lax.cond``). ``step(...,
@@ -239,6 +243,8 @@ def auto_lambda(num_tasks: int = 3, *, optimizer: optax.GradientTransformation |
   def step(state: BilevelState, task_losses_fn: TaskLossesFn, params: PyTree, train_batch: Any,
            val_batch: Any, *, lr, weight_decay=0.0, update: bool | None = None):
     lr = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), lr)
+    if method == "jvp" and update is not False:  # a forward-mode pass: no jax.custom_vjp (autodiff.py)
+      task_losses_fn = autodiff.in_forward_mode_forms(task_losses_fn)
     losses, f_jvp, f_vjp, aux = _linearise(task_losses_fn, params, train_batch, has_aux)
     if losses.shape != (num_tasks,):
       raise ValueError(f"task_losses_fn returned shape {losses.shape}, expected ({num_tasks},)")

@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sjedd_jax.backbones.layers import BatchNorm, kaiming_normal_fan_out, max_pool
+from sjedd_jax.backbones.layers import BatchNorm, forward_mode, kaiming_normal_fan_out, max_pool
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _UPTO = ("block12", "act4")
@@ -413,16 +413,51 @@ class ShiftedDepthwise(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    k = self.kernel[...].astype(self.dtype)
-    x = x.astype(self.dtype)
-    h, w = x.shape[1:3]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = xp[:, 0:h, 0:w, :] * k[0, 0, 0]
-    for i in range(3):
-      for j in range(3):
-        if i or j:
-          out = out + xp[:, i:i + h, j:j + w, :] * k[i, j, 0]
-    return out
+    x, k = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
+    return _shifted(x, k) if forward_mode() else shifted_depthwise(x, k)
+
+
+def _shifted(x: jax.Array, k: jax.Array) -> jax.Array:
+  h, w = x.shape[1:3]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  out = xp[:, 0:h, 0:w, :] * k[0, 0, 0]
+  for i in range(3):
+    for j in range(3):
+      if i or j:
+        out = out + xp[:, i:i + h, j:j + w, :] * k[i, j, 0]
+  return out
+
+
+@jax.custom_vjp
+def shifted_depthwise(x: jax.Array, k: jax.Array) -> jax.Array:
+  """3x3, stride 1, padding 1 depthwise conv of NHWC ``x`` with ``k`` (3, 3, 1, C) as nine shifted
+  multiply-adds. The backward is the same form with the kernel turned by 180 degrees (the input
+  gradient) and one fused nine-output multiply-reduction (the kernel's): several times faster on
+  XLA:CPU than differentiating the shifts, which pads a full-size tensor per tap, and it keeps
+  only ``x``. The same function; the kernel gradient sums in another order (float rounding)."""
+  return _shifted(x, k)
+
+
+def _shifted_fwd(x, k):
+  return _shifted(x, k), (x, k)
+
+
+def _shifted_bwd(res, g):
+  x, k = res
+  h, w = x.shape[1:3]
+  dx = _shifted(g, k[::-1, ::-1])
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(jnp.float32)
+  gf = g.astype(jnp.float32)
+  # One variadic reduction over W for the nine taps (XLA fuses it into one pass over x and g; nine
+  # separate sums read them nine times, 6x slower), then the small sums over N and H.
+  taps = tuple(xp[:, i:i + h, j:j + w, :] * gf for i in range(3) for j in range(3))
+  rows = jax.lax.reduce(taps, tuple(jnp.zeros((), jnp.float32) for _ in taps),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (2,))
+  dk = jnp.stack(rows).sum(axis=(1, 2)).reshape(3, 3, 1, -1)
+  return dx.astype(x.dtype), dk.astype(k.dtype)
+
+
+shifted_depthwise.defvjp(_shifted_fwd, _shifted_bwd)
 
 
 DEPTHWISE = ("shifted", "xla", "auto")

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sjedd_jax.backbones import xception
+from sjedd_jax.backbones import layers, xception
 from sjedd_jax.detectors.mc_lcr import modules
 
 DTYPES = ("float32", "bfloat16")
@@ -50,6 +50,9 @@ class MCLCRConfig:
       is the frequency branch alone and builds no backbone).
     ssrb_norm: Gram normalisation "none" / "hw" / "chw".
     dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+    pointwise: how the 1x1 convs run: "matmul" (``layers.conv_1x1_as_matmul``, 2-5x faster on
+      XLA:CPU), "xla" (``lax.conv_general_dilated``) or "auto" (matmul on CPU, xla elsewhere);
+      the same function and parameters.
     depthwise: how the backbone's 3x3 stride-1 depthwise convs run: "shifted" (nine shifted
       multiply-adds, ``xception.use_shifted_depthwise``: XLA:CPU runs grouped convs far slower),
       "xla" (``nnx.Conv`` with ``feature_group_count=C``) or "auto" (the default: shifted on CPU,
@@ -76,6 +79,7 @@ class MCLCRConfig:
   ssrb_norm: str = "hw"
   dtype: str = "float32"
   depthwise: str = "auto"
+  pointwise: str = "auto"
   mean: tuple[float, float, float] = xception.MEAN
   std: tuple[float, float, float] = xception.STD
 
@@ -88,6 +92,8 @@ class MCLCRConfig:
       raise ValueError(f"MCLCRConfig: dtype {self.dtype!r} not one of {list(DTYPES)}")
     if self.image_size <= 0 or self.patch <= 0 or self.image_size % self.patch:
       raise ValueError(f"MCLCRConfig: image_size {self.image_size} is not a multiple of the patch size {self.patch}")
+    if self.pointwise not in layers.POINTWISE:
+      raise ValueError(f"MCLCRConfig: pointwise {self.pointwise!r} not one of {list(layers.POINTWISE)}")
     if self.depthwise not in DEPTHWISE:
       raise ValueError(f"MCLCRConfig: depthwise {self.depthwise!r} not one of {list(DEPTHWISE)}")
     if self.ssrb_norm not in modules.SSRB_NORMS:
@@ -163,7 +169,8 @@ def from_model_config(m, image_size: int) -> MCLCRConfig:
                      token_dim=int(m.get("token_dim", 0) or 0), heads=int(m.heads), token_hidden=int(m.token_hidden), channel_hidden=int(m.channel_hidden),
                      mixer_depth=int(m.mixer_depth), fe_dim=int(m.fe_dim), z_dim=int(m.z_dim),
                      dropout=float(m.dropout), ssrb=bool(m.ssrb), papda=bool(m.papda), gf=bool(m.get("gf", True)),
-                     ssrb_norm=m.ssrb_norm, dtype=dtype, depthwise=m.get("depthwise", "auto"))
+                     ssrb_norm=m.ssrb_norm, dtype=dtype, depthwise=m.get("depthwise", "auto"),
+                     pointwise=m.get("pointwise", "auto"))
 
 
 class MCLCR(nnx.Module):
@@ -183,6 +190,7 @@ class MCLCR(nnx.Module):
     if self.backbone is not None and xception.depthwise_impl(cfg.depthwise) == "shifted":
       xception.use_shifted_depthwise(self.backbone)
     self.head = modules.MCLCRHead(**cfg.head_kwargs(), rngs=rngs)
+    layers.set_pointwise(self, cfg.pointwise)  # 1x1 convs as matmuls on CPU: the same function
 
   def unnormalise(self, x: jax.Array) -> jax.Array:
     """Normalised model input -> the [0, 1] image (float32)."""

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sjedd_jax.backbones import resnet
+from sjedd_jax.backbones import layers, resnet
 from sjedd_jax.detectors.mil_ranking import modules
 
 _DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -37,11 +37,12 @@ class MILRanking(nnx.Module):
   """ResNet -> MIL head. ``__call__(images (B, H, W, 3), train, rng) -> dict`` of float32 outputs."""
 
   def __init__(self, backbone: resnet.ResNetConfig, num_components: int, head: Mapping[str, Any], *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, pointwise: str = "auto"):
     self.backbone = resnet.ResNet(backbone, rngs=rngs)
     ch = backbone.channels
     self.head = modules.MILHead({k: ch[k] for k in ("C3", "C4", "C5")}, num_components, rngs=rngs, **head)
     self.num_components = int(num_components)
+    layers.set_pointwise(self, pointwise)  # 1x1 convs as matmuls on CPU: the same function
 
   def __call__(self, images: jax.Array, train: bool = False, rng: jax.Array | None = None) -> dict[str, jax.Array]:
     return self.head(self.backbone(images, train), train, rng)
@@ -87,7 +88,8 @@ def init_rngs(seed: int) -> nnx.Rngs:
 def build(m: Mapping[str, Any], seed: int = 0) -> MILRanking:
   """A freshly initialised ``MILRanking`` of ``config.model`` (no pretrained weights)."""
   try:
-    return MILRanking(backbone_config(m), int(m["num_components"]), head_kwargs(m), rngs=init_rngs(seed))
+    return MILRanking(backbone_config(m), int(m["num_components"]), head_kwargs(m), rngs=init_rngs(seed),
+                      pointwise=_get(m, "pointwise", "auto"))
   except (KeyError, TypeError) as e:
     raise ModelError(f"config.model: {type(e).__name__}: {e}") from None
   except ValueError as e:
