@@ -3,8 +3,9 @@ r"""The convolution forms the CNN backbones use on XLA:CPU, against the plain XL
     python benchmarks/cpu_conv_forms.py                  # every form, the default shapes
     python benchmarks/cpu_conv_forms.py --batch 8 --repeats 7 --json /tmp/forms.json
 
-Each row times one layer's forward and forward + backward (gradients of ``sum(sin(y))`` with
-respect to the input and the weights; compiled, the best of ``--repeats`` calls after a warm-up),
+Each row times one layer's forward and forward + backward (gradients of ``sum(y * c)``, ``c`` a fixed
+random cotangent, with respect to the input and the weights; compiled, the best of ``--repeats`` calls
+after a warm-up),
 NHWC float32, on shapes of ResNet-50 and Xception at 256 px:
 
 * ``pointwise``: a 1x1 conv as ``lax.conv_general_dilated`` against ``layers.conv_1x1_as_matmul``
@@ -50,7 +51,8 @@ def jax_row(forms: dict, args: tuple, repeats: int) -> dict:
   out = {}
   for name, f in forms.items():
     fwd = jax.jit(f)
-    grad = jax.jit(jax.grad(lambda *a, f=f: jnp.sum(jnp.sin(f(*a))), argnums=tuple(range(len(args)))))
+    ct = jnp.asarray(np.random.default_rng(1).normal(size=jax.eval_shape(f, *args).shape), jnp.float32)
+    grad = jax.jit(jax.grad(lambda *a, f=f: jnp.vdot(f(*a), ct), argnums=tuple(range(len(args)))))
     out[name] = {"fwd_ms": 1e3 * best_time(lambda: jax.block_until_ready(fwd(*args)), repeats),
                  "fwd_bwd_ms": 1e3 * best_time(lambda: jax.block_until_ready(grad(*args)), repeats)}
   return out
@@ -59,6 +61,9 @@ def jax_row(forms: dict, args: tuple, repeats: int) -> dict:
 def torch_row(layer, x: np.ndarray, repeats: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+  with torch.no_grad():
+    shape = layer(xt).shape
+  ct = torch.tensor(np.random.default_rng(1).normal(size=shape).astype(np.float32))
 
   def fwd():
     with torch.no_grad():
@@ -66,7 +71,7 @@ def torch_row(layer, x: np.ndarray, repeats: int) -> dict:
 
   def fwd_bwd():
     xt.grad = None
-    torch.sin(layer(xt)).sum().backward()
+    (layer(xt) * ct).sum().backward()
 
   return {"fwd_ms": 1e3 * best_time(fwd, repeats), "fwd_bwd_ms": 1e3 * best_time(fwd_bwd, repeats)}
 
