@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from sjedd_jax import autodiff
 from sjedd_jax.backbones import layers
 from sjedd_jax.backbones.xception import modeling as xm
 
@@ -128,10 +129,10 @@ def test_forward_mode_forms_allow_jvp_with_the_same_derivatives():
   _, f_jvp = jax.linearize(lambda p: _tiny_losses(p, x), params)
   with pytest.raises(TypeError, match="custom_vjp"):
     f_jvp(tangent)
-  with layers.forward_mode_forms():
-    assert layers.forward_mode()
+  with autodiff.forward_mode_forms():
+    assert autodiff.forward_mode()
     _, f_jvp = jax.linearize(lambda p: _tiny_losses(p, x), params)
-  assert not layers.forward_mode()
+  assert not autodiff.forward_mode()
   jvp = f_jvp(tangent)
   jac = jax.jacrev(lambda p: _tiny_losses(p, x))(params)  # reverse mode through the custom VJPs
   expected = sum(jnp.tensordot(jac[k], tangent[k], axes=tangent[k].ndim) for k in params)

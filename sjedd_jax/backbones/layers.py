@@ -19,14 +19,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sjedd_jax.autodiff import forward_mode, forward_mode_forms  # noqa: F401  (re-exported)
+from sjedd_jax.autodiff import custom_backward
 
 # torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"): N(0, 2 / fan_out).
 kaiming_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -69,20 +68,14 @@ class BatchNorm(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dtype = self.dtype or x.dtype
-    if train and not forward_mode():
+    if train:
       scale = self.scale[...] if self.scale is not None else jnp.ones((x.shape[-1],), jnp.float32)
       bias = self.bias[...] if self.bias is not None else jnp.zeros((x.shape[-1],), jnp.float32)
       y, mean, var = batch_norm_train(x, scale, bias, self.eps, jnp.dtype(dtype))
       self._update_statistics(mean, var, x)
       return y
     xf = x.astype(jnp.float32)
-    if train:
-      axes = tuple(range(x.ndim - 1))
-      mean = jnp.mean(xf, axis=axes)
-      var = jnp.mean(jnp.square(xf - mean), axis=axes)
-      self._update_statistics(mean, var, x)
-    else:
-      mean, var = self.mean[...], self.var[...]
+    mean, var = self.mean[...], self.var[...]
     y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
     if self.scale is not None:
       y = y * self.scale[...]
@@ -114,8 +107,7 @@ def _batch_norm_train(x, scale, bias, eps, out_dtype):
   return (y.astype(out_dtype or x.dtype), mean, var), (x, mean, rstd, scale)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, out_dtype=None):
+def _batch_norm_plain(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, out_dtype=None):
   """Training-mode BatchNorm over every axis but the last: ``(y, batch mean, biased batch variance)``,
   ``y = (x - mean) / sqrt(var + eps) * scale + bias`` computed in float32 and cast to ``out_dtype``
   (default ``x.dtype``).
@@ -124,10 +116,6 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float
   scale and bias gradients, and the statistics' own cotangents) from ``x`` alone, where autodiff
   keeps ``x - mean`` and more: about 20 % less activation memory and a faster backward on a CNN."""
   return _batch_norm_train(x, scale, bias, eps, out_dtype)[0]
-
-
-def _bn_fwd(x, scale, bias, eps, out_dtype):
-  return _batch_norm_train(x, scale, bias, eps, out_dtype)
 
 
 def _bn_bwd(eps, out_dtype, res, cts):
@@ -145,7 +133,7 @@ def _bn_bwd(eps, out_dtype, res, cts):
   return dx.astype(x.dtype), d_scale, d_bias
 
 
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+batch_norm_train = custom_backward(_batch_norm_plain, _batch_norm_train, _bn_bwd, nondiff_argnums=(3, 4))
 
 
 # ------------------------------------------------------------------ 1x1 convolutions as matmuls
@@ -157,10 +145,16 @@ def pointwise_impl(kind: str) -> str:
   """The 1x1-conv form a config's ``pointwise`` asks for: "matmul" or "xla" as given; "auto" is
   "matmul" on the CPU backend (XLA:CPU's convolution is 2-5x slower than its matrix product for a
   1x1 kernel, forward and backward, measured in docs/performance.md) and "xla" elsewhere."""
-  if kind not in POINTWISE:
-    raise ValueError(f"pointwise={kind!r}; expected one of {list(POINTWISE)}")
+  return backend_impl("pointwise", kind, POINTWISE, on_cpu="matmul")
+
+
+def backend_impl(name: str, kind: str, allowed: Sequence[str], on_cpu: str, elsewhere: str = "xla") -> str:
+  """A config switch with an "auto" value: ``kind`` as given, or for "auto" ``on_cpu`` on the CPU
+  backend and ``elsewhere`` on the others; a ValueError naming ``name`` for a value not in ``allowed``."""
+  if kind not in allowed:
+    raise ValueError(f"{name}={kind!r}; expected one of {list(allowed)}")
   if kind == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return on_cpu if jax.default_backend() == "cpu" else elsewhere
   return kind
 
 
@@ -237,7 +231,7 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Ar
 
   The ResNet stem's and Xception's pool (3, 2, 1) runs as ``max_pool_3x3_s2``: the same values and
   gradients (ties included), with a backward about 2x faster on XLA:CPU than ``nnx.max_pool``'s."""
-  if (window, stride, padding) == (3, 2, 1) and x.ndim == 4 and not forward_mode():
+  if (window, stride, padding) == (3, 2, 1) and x.ndim == 4:
     return max_pool_3x3_s2(x)
   return nnx.max_pool(x, (window, window), (stride, stride), ((padding, padding), (padding, padding)))
 
@@ -261,8 +255,7 @@ def _max_pool_3x3_s2_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return best, which
 
 
-@jax.custom_vjp
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+def _max_pool_plain(x: jax.Array) -> jax.Array:
   """``MaxPool2d(3, 2, 1)`` on NHWC. The backward routes each output's gradient to its first
   maximum, gathering per output phase (even/odd row x even/odd column) on the pooled grid and
   interleaving the four phases, instead of XLA:CPU's slow select-and-scatter."""
@@ -305,4 +298,4 @@ def _max_pool_bwd(res, g):
   return (dx[:, :h, :w, :],)
 
 
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+max_pool_3x3_s2 = custom_backward(_max_pool_plain, _max_pool_fwd, _max_pool_bwd)

@@ -56,7 +56,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sjedd_jax.backbones.layers import BatchNorm, forward_mode, kaiming_normal_fan_out, max_pool
+from sjedd_jax.autodiff import custom_backward
+from sjedd_jax.backbones.layers import BatchNorm, backend_impl, kaiming_normal_fan_out, max_pool
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _UPTO = ("block12", "act4")
@@ -413,8 +414,7 @@ class ShiftedDepthwise(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x, k = x.astype(self.dtype), self.kernel[...].astype(self.dtype)
-    return _shifted(x, k) if forward_mode() else shifted_depthwise(x, k)
+    return shifted_depthwise(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
 def _shifted(x: jax.Array, k: jax.Array) -> jax.Array:
@@ -428,8 +428,7 @@ def _shifted(x: jax.Array, k: jax.Array) -> jax.Array:
   return out
 
 
-@jax.custom_vjp
-def shifted_depthwise(x: jax.Array, k: jax.Array) -> jax.Array:
+def _shifted_plain(x: jax.Array, k: jax.Array) -> jax.Array:
   """3x3, stride 1, padding 1 depthwise conv of NHWC ``x`` with ``k`` (3, 3, 1, C) as nine shifted
   multiply-adds. The backward is the same form with the kernel turned by 180 degrees (the input
   gradient) and one fused nine-output multiply-reduction (the kernel's): several times faster on
@@ -457,7 +456,7 @@ def _shifted_bwd(res, g):
   return dx.astype(x.dtype), dk.astype(k.dtype)
 
 
-shifted_depthwise.defvjp(_shifted_fwd, _shifted_bwd)
+shifted_depthwise = custom_backward(_shifted_plain, _shifted_fwd, _shifted_bwd)
 
 
 DEPTHWISE = ("shifted", "xla", "auto")
@@ -469,11 +468,7 @@ def depthwise_impl(kind: str) -> str:
   elsewhere (GPUs and TPUs have depthwise kernels of their own). With its own backward the
   shifted form takes the grouped conv's activation memory (LiSiam's backbone gradient at 299 px,
   2 images: 1.75 GB against 1.73 GB of temporaries; 3.9 GB when JAX differentiated the shifts)."""
-  if kind not in DEPTHWISE:
-    raise ValueError(f"depthwise={kind!r}; expected one of {list(DEPTHWISE)}")
-  if kind == "auto":
-    return "shifted" if jax.default_backend() == "cpu" else "xla"
-  return kind
+  return backend_impl("depthwise", kind, DEPTHWISE, on_cpu="shifted")
 
 
 def use_shifted_depthwise(backbone: "Xception") -> "Xception":

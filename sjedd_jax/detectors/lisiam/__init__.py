@@ -71,7 +71,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.channel_order = "rgb"          # "bgr" only for the release's checkpoints
   m.dtype = "float32"
   m.pointwise = "auto"             # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
-  m.depthwise = "auto"             # backbone depthwise convs: "shifted" (fast on CPU), "xla" (same function, half the memory), "auto" (shifted on CPU)
+  m.depthwise = "auto"             # backbone depthwise convs: "shifted" (fast on CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
   m.overrides = ml_collections.ConfigDict()           # other LiSiamConfig fields (widths, dropout rates)
   m.backbone_overrides = ml_collections.ConfigDict()  # XceptionConfig fields
   m.pretrained = ""                # ImageNet Xception (Cadene / timm state dict)

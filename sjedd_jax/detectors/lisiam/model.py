@@ -25,8 +25,8 @@ Choices, each a constructor switch (``LiSiamConfig``):
   checkpoints): the model flips the channels of its RGB input;
 * ``depthwise``: "shifted" runs the backbone's depthwise 3x3 convs as nine shifted
   multiply-adds (``ShiftedDepthwise``: same parameters, paths and outputs; XLA:CPU's grouped
-  convolution is ~50x slower at these sizes), "xla" the backbone's own ``nnx.Conv`` (half the
-  activation memory), "auto" (default) shifted on CPU and xla elsewhere;
+  convolution is ~50x slower at these sizes), "xla" the backbone's own ``nnx.Conv`` (GPU/TPU
+  depthwise kernels), "auto" (default) shifted on CPU and xla elsewhere;
 * BatchNorm is ``layers.BatchNorm`` (torch's momentum 0.1, eps 1e-5, unbiased running
   variance); Dropout2d is ``layers.channel_dropout``; the MT's attention dropout is
   element-wise. The release's aux and segmentation heads have Dropout2d(0), i.e. none.

@@ -82,7 +82,7 @@ def model_defaults() -> ml_collections.ConfigDict:
       scale=1.0))                      # SupContrast's temperature / base_temperature (1.43 at 0.1 / 0.07)
   m.dtype = "float32"                  # compute dtype; "bfloat16" for speed (parameters stay float32)
   m.pointwise = "auto"                 # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
-  m.depthwise = "auto"                 # backbone depthwise 3x3: "shifted" (fast on XLA:CPU), "xla" (same function, half the memory), "auto" (shifted on CPU)
+  m.depthwise = "auto"                 # backbone depthwise 3x3: "shifted" (fast on XLA:CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
   return m
 
 

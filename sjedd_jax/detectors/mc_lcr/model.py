@@ -56,8 +56,7 @@ class MCLCRConfig:
     depthwise: how the backbone's 3x3 stride-1 depthwise convs run: "shifted" (nine shifted
       multiply-adds, ``xception.use_shifted_depthwise``: XLA:CPU runs grouped convs far slower),
       "xla" (``nnx.Conv`` with ``feature_group_count=C``) or "auto" (the default: shifted on CPU,
-      xla elsewhere, where the shifted form's extra activation memory costs more:
-      ``xception.depthwise_impl``). The same function,
+      xla elsewhere, which have depthwise kernels of their own: ``xception.depthwise_impl``). The same function,
       parameters and variable paths: an export of one loads into the other.
     mean, std: the input normalisation the model undoes for the spectra.
   """
