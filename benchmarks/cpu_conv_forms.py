@@ -6,8 +6,12 @@ r"""The convolution forms the CNN backbones use on XLA:CPU, against the plain XL
 Each row times one layer's forward and forward + backward (gradients of ``sum(y * c)``, ``c`` a fixed
 random cotangent, with respect to the input and the weights; compiled, the best of ``--repeats`` calls
 after a warm-up),
-NHWC float32, on shapes of ResNet-50 and Xception at 256 px:
+NHWC float32, on shapes of ResNet-50 and Xception at 256 px. Each JAX form runs under both kernel
+libraries of XLA:CPU (``sjedd_jax/xla_cpu.py``): ``[ynn]`` XLA's default (YNNPACK) and ``[eigen]``
+its own Eigen kernels (what ``model.cpu_kernels="auto"`` picks on CPU):
 
+* ``conv 3x3``: ``lax.conv_general_dilated`` with a 3x3 kernel, stride 1 and 2 (ResNet's and
+  Xception's full convolutions);
 * ``pointwise``: a 1x1 conv as ``lax.conv_general_dilated`` against ``layers.conv_1x1_as_matmul``
   (one ``(N*H*W, C) @ (C, O)`` product; what ``model.pointwise="matmul"`` runs);
 * ``max pool``: ``nnx.max_pool`` (3, 2, 1) against ``layers.max_pool_3x3_s2`` (the first-maximum
@@ -46,15 +50,20 @@ def best_time(fn, repeats: int) -> float:
 
 
 def jax_row(forms: dict, args: tuple, repeats: int) -> dict:
+  """Each form under XLA:CPU's default kernels (``[ynn]``) and its Eigen kernels (``[eigen]``)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sjedd_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   out = {}
-  for name, f in forms.items():
-    fwd = jax.jit(f)
-    ct = jnp.asarray(np.random.default_rng(1).normal(size=jax.eval_shape(f, *args).shape), jnp.float32)
-    grad = jax.jit(jax.grad(lambda *a, f=f: jnp.vdot(f(*a), ct), argnums=tuple(range(len(args)))))
-    out[name] = {"fwd_ms": 1e3 * best_time(lambda: jax.block_until_ready(fwd(*args)), repeats),
-                 "fwd_bwd_ms": 1e3 * best_time(lambda: jax.block_until_ready(grad(*args)), repeats)}
+  for kernels, tag in (("ynnpack", "ynn"), ("eigen", "eigen")):
+    options = xla_cpu.compiler_options(kernels)
+    for name, f in forms.items():
+      fwd = jax.jit(f, compiler_options=options)
+      ct = jnp.asarray(np.random.default_rng(1).normal(size=jax.eval_shape(f, *args).shape), jnp.float32)
+      grad = jax.jit(jax.grad(lambda *a, f=f: jnp.vdot(f(*a), ct), argnums=tuple(range(len(args)))),
+                     compiler_options=options)
+      out[f"{name} [{tag}]"] = {"fwd_ms": 1e3 * best_time(lambda: jax.block_until_ready(fwd(*args)), repeats),
+                                "fwd_bwd_ms": 1e3 * best_time(lambda: jax.block_until_ready(grad(*args)), repeats)}
   return out
 
 
@@ -101,6 +110,16 @@ def main(argv=None):
     cells = "  ".join(f"{k}: {v['fwd_ms']:.1f} / {v['fwd_bwd_ms']:.1f}" for k, v in res.items())
     print(f"{kind:10s} {shape:28s} (fwd / fwd+bwd ms)  {cells}", flush=True)
     rows.append({"kind": kind, "shape": shape, **{k: v for k, v in res.items()}})
+
+  for h, c, o, s in ((64, 64, 64, 1), (32, 128, 128, 1), (16, 256, 256, 1), (64, 128, 128, 2), (128, 32, 64, 1)):
+    x = rng.normal(size=(n, h, h, c)).astype(np.float32)
+    w = (rng.normal(size=(3, 3, c, o)) * 0.05).astype(np.float32)
+    res = jax_row({"xla conv": lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), ((1, 1), (1, 1)),
+                                                                         dimension_numbers=DN)},
+                  (jnp.asarray(x), jnp.asarray(w)), args.repeats)
+    conv = torch.nn.Conv2d(c, o, 3, stride=s, padding=1, bias=False).to(memory_format=torch.channels_last)
+    res["torch"] = torch_row(conv, x, args.repeats)
+    report("conv 3x3", f"{h}x{h}x{c} -> {o}, stride {s}", res)
 
   for h, c, o, s in ((64, 64, 256, 1), (64, 256, 64, 1), (32, 512, 128, 1), (64, 256, 512, 2), (32, 728, 728, 1)):
     x = rng.normal(size=(n, h, h, c)).astype(np.float32)

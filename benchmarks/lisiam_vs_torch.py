@@ -40,6 +40,9 @@ sys.path.insert(0, ROOT)
 from benchmarks import step_timing  # noqa: E402  (after the path)
 
 
+CPU_KERNELS = "auto"   # --cpu_kernels
+
+
 def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
   from sjedd_jax import config as config_lib
   if size == "synthetic":
@@ -50,6 +53,7 @@ def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
   else:
     raise SystemExit(f"--sizes: unknown size {size!r}; expected synthetic or 299")
   c.model.depthwise = depthwise
+  c.model.cpu_kernels = CPU_KERNELS
   c.batch_size = batch_size
   if bilevel:
     c.weighting.kind = "bilevel"
@@ -133,9 +137,12 @@ def main(argv=None):
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--batch_size", type=int, default=16, help="face pairs per step (x 2 views)")
   ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
+  ap.add_argument("--cpu_kernels", default="auto", choices=["auto", "eigen", "ynnpack"], help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)
+  global CPU_KERNELS
+  CPU_KERNELS = args.cpu_kernels
   only = set(args.only.split(","))
   unknown = only - {"jax_plain", "jax_bilevel", "torch"}
   if unknown:

@@ -37,6 +37,9 @@ sys.path.insert(0, ROOT)
 from benchmarks import step_timing  # noqa: E402  (after the path)
 
 
+CPU_KERNELS = "auto"   # --cpu_kernels
+
+
 def jax_config(size: str, bilevel: bool, depthwise: str):
   from sjedd_jax import config as config_lib
   c = config_lib.load_config_file(os.path.join(ROOT, "configs", "mc_lcr", "synthetic.py"))
@@ -44,6 +47,7 @@ def jax_config(size: str, bilevel: bool, depthwise: str):
     c = config_lib.base_config("mc_lcr")
     c.optim.name, c.optim.lr, c.optim.weight_decay = "adamw", 1e-3, 1e-4
   c.model.depthwise = depthwise
+  c.model.cpu_kernels = CPU_KERNELS
   c.optim.schedule = "constant"
   c.optim.warmup_steps = 0
   c.optim.plateau_patience = 0
@@ -187,9 +191,12 @@ def main(argv=None):
   ap.add_argument("--sizes", default="synthetic,256")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
+  ap.add_argument("--cpu_kernels", default="auto", choices=["auto", "eigen", "ynnpack"], help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)
+  global CPU_KERNELS
+  CPU_KERNELS = args.cpu_kernels
   only = set(args.only.split(","))
   rows = []
   for size in args.sizes.split(","):

@@ -42,6 +42,9 @@ sys.path.insert(0, ROOT)
 from benchmarks.step_timing import time_calls  # noqa: E402  (after the path)
 
 
+CPU_KERNELS = "auto"   # --cpu_kernels
+
+
 def load_config(size: str):
   from sjedd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   if size == "synthetic":
@@ -54,6 +57,7 @@ def load_config(size: str):
   else:
     raise ValueError(f"unknown size {size!r}")
   c.data.color_jitter = False
+  c.model.cpu_kernels = CPU_KERNELS
   return c
 
 
@@ -92,7 +96,8 @@ def jax_steps(config, batch: dict, repeats: int, kinds=("plain", "bilevel")) -> 
       c.weighting.kind = "fixed"
     weighting = ts.weighting_from_config(c, det, steps_per_epoch=100)
     step = ts.compile_train_step(ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay,
-                                                    lam_update=True if kind == "bilevel" else None), mesh)
+                                                    lam_update=True if kind == "bilevel" else None), mesh,
+                                 compiler_options=det.compiler_options)
     state = ts.shard_state(ts.init_state(jax.tree.map(lambda x: x.copy(), variables), opt.tx, weighting), mesh)
     gb = ts.global_batch(batch, mesh, det.batch_keys)
     holder = [state]
@@ -256,7 +261,10 @@ def main(argv=None) -> int:
   ap.add_argument("--batch_size", type=int, default=32)
   ap.add_argument("--skip", default="", help="comma list of steps to skip: jax_plain, jax_bilevel, torch")
   ap.add_argument("--out", default="")
+  ap.add_argument("--cpu_kernels", default="auto", choices=["auto", "eigen", "ynnpack"], help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   args = ap.parse_args(argv)
+  global CPU_KERNELS
+  CPU_KERNELS = args.cpu_kernels
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   skip = set(filter(None, args.skip.split(",")))

@@ -45,7 +45,8 @@ def time_train_step(config, make_batch: Callable[[np.random.Generator, int, int]
                    labels=det.param_labels(variables.params))
   weighting = ts.weighting_from_config(config, det, steps_per_epoch=100)
   mesh = ts.data_mesh(jax.devices()[:1])
-  step = ts.compile_train_step(ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay), mesh)
+  step = ts.compile_train_step(ts.make_train_step(det, weighting, opt.tx, opt.lr, opt.weight_decay), mesh,
+                               compiler_options=det.compiler_options)
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.params))
   holder = {"state": ts.shard_state(ts.init_state(variables, opt.tx, weighting), mesh)}
   rng = np.random.default_rng(0)

@@ -229,7 +229,7 @@ def build_step(c: ml_collections.ConfigDict, kind: str):
   if kind in ("fused", "held", "cond_held"):
     step = ts.compile_train_step(ts.make_train_step(detector, weighting, opt, schedule, c.optim.weight_decay,
                                                     lam_update=False if kind == "held" else None),
-                                 mesh)
+                                 mesh, compiler_options=detector.compiler_options)
   elif kind in ("fresh", "fresh_fd_vmap"):
     step = ts.compile_train_step(naive_step.make_fresh_step(losses_fn, opt, schedule, c.optim.weight_decay,
                                                             lam_lr=w.lam_lr, method=w.method, radius=w.radius,

@@ -79,7 +79,8 @@ def step_times(config, detector, repeats: int = 5) -> dict[str, float]:
     weighting = ts.make_weighting(kind, num_tasks=detector.num_tasks, lam_lr=w.lam_lr, method=w.method,
                                   radius=w.radius, fixed=(1.0,) * detector.num_tasks,
                                   primary=tuple(w.get("primary") or ()) or detector.primary_weights())
-    step = ts.compile_train_step(ts.make_train_step(detector, weighting, opt.tx, opt.lr, opt.weight_decay), mesh)
+    step = ts.compile_train_step(ts.make_train_step(detector, weighting, opt.tx, opt.lr, opt.weight_decay), mesh,
+                                 compiler_options=detector.compiler_options)
     state = ts.shard_state(ts.init_state(variables, opt.tx, weighting, seed=config.seed), mesh)
     tb, vb = batch(), batch()
     state, m = step(state, tb, vb)           # compile + warm-up

@@ -29,7 +29,9 @@ class Evaluator:
     self.detector = detector
     self.mesh = mesh if mesh is not None else ts.data_mesh()
     rep, data = ts.replicated(self.mesh), ts.batch_sharding(self.mesh)
-    self._fn = jax.jit(detector.predict, in_shardings=(rep, rep, data), out_shardings=data)
+    options = getattr(detector, "compiler_options", None)
+    self._fn = jax.jit(detector.predict, in_shardings=(rep, rep, data), out_shardings=data,
+                       compiler_options=dict(options) if options else None)
 
   def predict(self, variables: Variables, images: np.ndarray) -> dict[str, np.ndarray]:
     """(B, S, S, 3) model inputs -> the detector's outputs as host arrays (B must divide over devices)."""

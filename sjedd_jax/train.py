@@ -272,7 +272,8 @@ def run(config, workdir: str, *, progress: bool = True, stop_after: int | None =
   # the forward and backward at theta (a lax.cond in one program costs more than the branch it skips).
   plateau = optim.plateau_from_config(config.optim)
   programs = {u: ts.compile_train_step(ts.make_train_step(detector, weighting, opt.tx, opt.lr, opt.weight_decay,
-                                                          lam_update=u, scale_lr=plateau is not None), mesh)
+                                                          lam_update=u, scale_lr=plateau is not None), mesh,
+                                      compiler_options=detector.compiler_options)
               for u in ((True, False) if every > 1 else (None,))}
   compiled_for = lambda step: programs[step % every == 0 if every > 1 else None]
   evaluator = evaluator_lib.Evaluator(detector, mesh)

@@ -28,7 +28,7 @@ its own shard (``global_batch``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -235,11 +235,16 @@ def global_batch(local_batch: dict, mesh: Mesh, keys: Sequence[str] | None = Non
   return out
 
 
-def compile_train_step(train_step: Callable, mesh: Mesh, donate: bool = True) -> Callable:
-  """jit with replicated state, data-sharded batches and a donated state buffer."""
+def compile_train_step(train_step: Callable, mesh: Mesh, donate: bool = True,
+                       compiler_options: Mapping[str, str] | None = None) -> Callable:
+  """jit with replicated state, data-sharded batches and a donated state buffer.
+
+  ``compiler_options``: the detector's (``Detector.compiler_options``; None: XLA's defaults).
+  """
   rep, data = replicated(mesh), batch_sharding(mesh)
   return jax.jit(train_step, in_shardings=(rep, data, data), out_shardings=(rep, rep),
-                 donate_argnums=(0,) if donate else ())
+                 donate_argnums=(0,) if donate else (),
+                 compiler_options=dict(compiler_options) if compiler_options else None)
 
 
 def shard_state(state: TrainState, mesh: Mesh) -> TrainState:

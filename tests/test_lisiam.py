@@ -456,7 +456,8 @@ def _run_steps(mesh, steps=2):
   labels = det.param_labels(v.params)
   opt = optim.make(c.optim, total_steps=c.total_steps, steps_per_epoch=5, params=v.params, labels=labels)
   w = ts.weighting_from_config(c, det, 5)
-  step = ts.compile_train_step(ts.make_train_step(det, w, opt.tx, opt.lr, opt.weight_decay), mesh)
+  step = ts.compile_train_step(ts.make_train_step(det, w, opt.tx, opt.lr, opt.weight_decay), mesh,
+                               compiler_options=det.compiler_options)
   init = jax.tree.map(np.array, jax.device_get(v))     # the step donates its state
   state = ts.shard_state(ts.init_state(v, opt.tx, w, seed=1), mesh)
   rng = np.random.default_rng(0)

@@ -240,7 +240,8 @@ def _run(config, mesh, n_steps=2):
   weighting = ts.weighting_from_config(config, det, steps_per_epoch=10)
   sched = optim.make_schedule("constant", 0.05, total_steps=10)
   opt = optax.sgd(sched, momentum=0.9)
-  step = ts.compile_train_step(ts.make_train_step(det, weighting, opt, sched, 0.0), mesh)
+  step = ts.compile_train_step(ts.make_train_step(det, weighting, opt, sched, 0.0), mesh,
+                               compiler_options=det.compiler_options)
   state = ts.shard_state(ts.init_state(variables, opt, weighting, seed=3), mesh)
   rng = np.random.default_rng(0)
   out, batches = [], []

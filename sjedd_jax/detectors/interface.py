@@ -95,6 +95,9 @@ class Detector(NamedTuple):
   # weighting's passes (values the bi-level passes at theta, theta', theta +- eps d must share, e.g.
   # the MIL detector's stop-gradient rank weights). None: no pre-pass (the step's program is unchanged).
   prepare: Callable[[PyTree, PyTree, Mapping], Mapping] | None = None
+  # ``jax.jit`` compiler options of the detector's programs (training step, ``predict``):
+  # ``xla_cpu.compiler_options(config.model.cpu_kernels)``. None: XLA's defaults.
+  compiler_options: Mapping[str, str] | None = None
 
   @property
   def num_tasks(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from sjedd_jax import xla_cpu
 from sjedd_jax.config import ConfigError
 from sjedd_jax.detectors import interface
 from sjedd_jax.detectors import sjedd as sjedd_det
@@ -68,7 +69,7 @@ def make(config) -> interface.Detector:
                                  trainable=sjedd_model.trainable_filter,
                                  label_fn=sjedd_det.label_fn_from_config(config, h.nodes),
                                  loss=config.get("loss", "fidelity"), image_size=config.data.image_size,
-                                 export=export)
+                                 export=export, compiler_options=xla_cpu.from_model_config(config.model, "ynnpack"))
 
 
 def load_export(path: str, dtype: str | None = None) -> tuple[interface.Detector, interface.Variables]:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sjedd_jax import xla_cpu
 from sjedd_jax.config import ConfigError
 from sjedd_jax.detectors import interface
 from sjedd_jax.detectors.lisiam import losses as losses_lib
@@ -71,6 +72,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.channel_order = "rgb"          # "bgr" only for the release's checkpoints
   m.dtype = "float32"
   m.pointwise = "auto"             # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
+  m.cpu_kernels = "auto"           # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.depthwise = "auto"             # backbone depthwise convs: "shifted" (fast on CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
   m.overrides = ml_collections.ConfigDict()           # other LiSiamConfig fields (widths, dropout rates)
   m.backbone_overrides = ml_collections.ConfigDict()  # XceptionConfig fields
@@ -334,7 +336,7 @@ def make(config, module=None) -> interface.Detector:
       init=init, task_losses=make_task_losses(handle, **opts), predict=predict, image_size=size, mean=MEAN,
       std=STD, primary=PRIMARY, eval_metrics=eval_metrics, describe=viz.describe, plot=viz.plot,
       export=export_fn, param_labels=param_labels, bind=handle.merge, transform=transform,
-      image_keys=("image", "image2"))
+      image_keys=("image", "image2"), compiler_options=xla_cpu.from_model_config(config.model))
 
 
 def prepare_data(config, data_dir: str, progress: bool = True) -> None:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sjedd_jax import xla_cpu
 from sjedd_jax.backbones import xception as xception_backbone
 from sjedd_jax.config import ConfigError
 from sjedd_jax.detectors import interface
@@ -82,6 +83,7 @@ def model_defaults() -> ml_collections.ConfigDict:
       scale=1.0))                      # SupContrast's temperature / base_temperature (1.43 at 0.1 / 0.07)
   m.dtype = "float32"                  # compute dtype; "bfloat16" for speed (parameters stay float32)
   m.pointwise = "auto"                 # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
+  m.cpu_kernels = "auto"               # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.depthwise = "auto"                 # backbone depthwise 3x3: "shifted" (fast on XLA:CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
   return m
 
@@ -277,7 +279,8 @@ def detector_from(cfg, loss_opts: Mapping[str, Any], init: Callable[[int], inter
       name=NAME, task_names=TASK_NAMES, batch_keys=("image",) + LABEL_KEYS, label_fn=label_fn, init=init,
       task_losses=task_losses, predict=predict, image_size=int(cfg.image_size), mean=tuple(cfg.mean),
       std=tuple(cfg.std), primary=(1.0, 0.0), eval_metrics=eval_metrics, describe=describe, export=export_fn,
-      param_labels=param_labels, bind=merge, plot=plot_branches)
+      param_labels=param_labels, bind=merge, plot=plot_branches,
+      compiler_options=xla_cpu.from_model_config(None if config is None else config.model))
 
 
 def build_module(config, cfg=None, seed: int = 0):

@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sjedd_jax import xla_cpu
 from sjedd_jax.backbones import resnet as resnet_backbone
 from sjedd_jax.config import ConfigError
 from sjedd_jax.detectors import interface
@@ -126,6 +127,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.use_bce_v = True
   m.use_rank = True
   m.pointwise = "auto"                 # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
+  m.cpu_kernels = "auto"               # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.score = "auto"                     # p_fake: "auto" (P(x); sigmoid(f) when L = 1), "mil", "fused"
   m.decode_from = "auto"               # per-component scores: "auto", "fused" (f), "fU", "fV"
   m.threshold = 0.5                    # predicted set {P_i > threshold}
@@ -416,7 +418,8 @@ def detector_from(m, *, image_size: int, init, handle: interface.ModuleHandle, t
       init=init,
       task_losses=task_losses, predict=predict, image_size=int(image_size), mean=tuple(mean), std=tuple(std),
       primary=primary_weights(m), eval_metrics=eval_metrics, describe=describe, plot=plot, export=export_fn,
-      param_labels=param_labels, bind=handle.merge, transform=transform)
+      param_labels=param_labels, bind=handle.merge, transform=transform,
+      compiler_options=xla_cpu.from_model_config(m))
 
 
 def rank_weights_at(detector: interface.Detector, params, state, batch, rng=None, alpha: float = 1.0,

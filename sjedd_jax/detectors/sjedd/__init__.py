@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sjedd_jax import xla_cpu
 from sjedd_jax.backbones import clip as clip_backbone
 from sjedd_jax.config import ConfigError
 from sjedd_jax.detectors import interface
@@ -73,6 +74,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.templates = "release"          # "release" or "keyword"
   m.text_context = 0               # 0: longest template (17); 77: full context
   m.dtype = "float32"              # compute dtype; "bfloat16" for speed
+  m.cpu_kernels = "ynnpack"        # XLA:CPU's matmul/conv kernels: "ynnpack" (XLA's default, the reference numbers), "eigen", "auto" (eigen on CPU); xla_cpu.py
   m.scan_layers = True             # residual blocks as one lax.scan (False: unrolled; docs/performance.md)
   m.compact_vocab = False          # True: keep only the templates' token-embedding rows (same outputs)
   return m
@@ -318,7 +320,8 @@ def scores_detector(scores_fn: Callable, hierarchy, *, loss: str = "fidelity", i
 
 def clip_detector(name: str, *, hierarchy: hierarchy_lib.LabelHierarchy, build: Callable[[int], Any],
                   trainable: Callable, label_fn: Callable, loss: str, image_size: int,
-                  export: Callable | None, handle: interface.ModuleHandle | None = None) -> interface.Detector:
+                  export: Callable | None, handle: interface.ModuleHandle | None = None,
+                  compiler_options: Mapping[str, str] | None = None) -> interface.Detector:
   """A detector from a CLIP module that scores images against the nodes of a label graph (SJEDD, JEDD).
 
   ``build(seed) -> module`` with ``module.scores(images) -> (B, raw scores)``.
@@ -331,7 +334,7 @@ def clip_detector(name: str, *, hierarchy: hierarchy_lib.LabelHierarchy, build: 
   return hierarchical_detector(
       name, lambda params, state, images: handle.merge(params, state).scores(images), hierarchy, loss=loss,
       label_fn=label_fn, image_size=image_size, init=lambda seed: handle.split(build(seed)),
-      export=export_fn if export is not None else None, bind=handle.merge)
+      export=export_fn if export is not None else None, bind=handle.merge, compiler_options=compiler_options)
 
 
 def make(config) -> interface.Detector:
@@ -341,7 +344,7 @@ def make(config) -> interface.Detector:
   return clip_detector(NAME, hierarchy=h, build=lambda seed: build_module(config, h, seed),
                        trainable=sjedd_model.trainable_filter, label_fn=label_fn_from_config(config, h.nodes),
                        loss=config.get("loss", "fidelity"), image_size=config.data.image_size,
-                       export=export)
+                       export=export, compiler_options=xla_cpu.from_model_config(config.model, default="ynnpack"))
 
 
 # ----------------------------------------------------------------- export
