@@ -444,7 +444,9 @@ def _shifted_fwd(x, k):
 def _shifted_bwd(res, g):
   x, k = res
   h, w = x.shape[1:3]
-  dx = _shifted(g, k[::-1, ::-1])
+  # The barrier keeps XLA from merging this pass's kernel-tap broadcasts with the forward's (the same
+  # taps): a merged broadcast feeds two fusions, so XLA writes it out at the activation's full size.
+  dx = _shifted(g, jax.lax.optimization_barrier(k)[::-1, ::-1])
   xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(jnp.float32)
   gf = g.astype(jnp.float32)
   # One variadic reduction over W for the nine taps (XLA fuses it into one pass over x and g; nine
