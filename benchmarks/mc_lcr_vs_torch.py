@@ -187,11 +187,12 @@ def time_torch(size: str, repeats: int) -> dict:
 
 
 def main(argv=None):
+  from sjedd_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--sizes", default="synthetic,256")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
-  ap.add_argument("--cpu_kernels", default="auto", choices=["auto", "eigen", "ynnpack"], help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
+  ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)

@@ -255,13 +255,14 @@ def torch_step_fn(config, batch: dict):
 
 
 def main(argv=None) -> int:
+  from sjedd_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--sizes", default="synthetic,r50")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--batch_size", type=int, default=32)
   ap.add_argument("--skip", default="", help="comma list of steps to skip: jax_plain, jax_bilevel, torch")
   ap.add_argument("--out", default="")
-  ap.add_argument("--cpu_kernels", default="auto", choices=["auto", "eigen", "ynnpack"], help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
+  ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   args = ap.parse_args(argv)
   global CPU_KERNELS
   CPU_KERNELS = args.cpu_kernels

@@ -29,7 +29,7 @@ class Evaluator:
     self.detector = detector
     self.mesh = mesh if mesh is not None else ts.data_mesh()
     rep, data = ts.replicated(self.mesh), ts.batch_sharding(self.mesh)
-    options = getattr(detector, "compiler_options", None)
+    options = detector.compiler_options
     self._fn = jax.jit(detector.predict, in_shardings=(rep, rep, data), out_shardings=data,
                        compiler_options=dict(options) if options else None)
 

@@ -66,10 +66,10 @@ def test_compile_train_step_passes_the_options():
 @pytest.mark.parametrize("name,expected", [("mil_ranking", "eigen"), ("mc_lcr", "eigen"), ("lisiam", "eigen"),
                                            ("sjedd", "ynnpack")])
 def test_detector_defaults(name, expected):
+  """Each detector's default, as its ``make`` wires it into ``Detector.compiler_options``."""
   c = config_lib.base_config(name)
   assert c.model.cpu_kernels == ("ynnpack" if name == "sjedd" else "auto")
-  want = xla_cpu.compiler_options(expected)
-  assert xla_cpu.from_model_config(c.model, default="ynnpack" if name == "sjedd" else "auto") == want
+  assert detectors.make(c).compiler_options == xla_cpu.compiler_options(expected)
 
 
 def test_bad_value_is_a_config_error():

@@ -69,7 +69,7 @@ def make(config) -> interface.Detector:
                                  trainable=sjedd_model.trainable_filter,
                                  label_fn=sjedd_det.label_fn_from_config(config, h.nodes),
                                  loss=config.get("loss", "fidelity"), image_size=config.data.image_size,
-                                 export=export, compiler_options=xla_cpu.from_model_config(config.model, "ynnpack"))
+                                 export=export, compiler_options=xla_cpu.from_model_config(config.model, default="ynnpack"))
 
 
 def load_export(path: str, dtype: str | None = None) -> tuple[interface.Detector, interface.Variables]:
