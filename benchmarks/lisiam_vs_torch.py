@@ -41,6 +41,7 @@ from benchmarks import step_timing  # noqa: E402  (after the path)
 
 
 CPU_KERNELS = "auto"   # --cpu_kernels
+REMAT = ""             # --remat ("": the config's)
 
 
 def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
@@ -54,6 +55,8 @@ def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
     raise SystemExit(f"--sizes: unknown size {size!r}; expected synthetic or 299")
   c.model.depthwise = depthwise
   c.model.cpu_kernels = CPU_KERNELS
+  if REMAT:
+    c.model.remat = REMAT
   c.batch_size = batch_size
   if bilevel:
     c.weighting.kind = "bilevel"
@@ -139,11 +142,13 @@ def main(argv=None):
   ap.add_argument("--batch_size", type=int, default=16, help="face pairs per step (x 2 views)")
   ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
+  ap.add_argument("--remat", default="", choices=["", "none", "blocks"],
+                  help="model.remat of the JAX steps: blocks (recompute each Xception block in the backward pass), none; default: the config's")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)
-  global CPU_KERNELS
-  CPU_KERNELS = args.cpu_kernels
+  global CPU_KERNELS, REMAT
+  CPU_KERNELS, REMAT = args.cpu_kernels, args.remat
   only = set(args.only.split(","))
   unknown = only - {"jax_plain", "jax_bilevel", "torch"}
   if unknown:

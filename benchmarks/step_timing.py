@@ -4,7 +4,8 @@
   calls;
 * ``time_train_step(config, make_batch, repeats)``: the trainer's compiled step
   (``train_step.make_train_step``) of ``config``'s detector, weighting and optimiser on one
-  device, timed on two fixed batches (training, validation).
+  device, timed on two fixed batches (training, validation), with the XLA temporaries its
+  compiled program allocates (``memory_analysis``, GiB).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def time_calls(fn: Callable[[], object], repeats: int) -> tuple[float, list[floa
 
 def time_train_step(config, make_batch: Callable[[np.random.Generator, int, int], dict], repeats: int,
                     keys_from_detector: bool = True) -> dict:
-  """``{"first_step_s", "step_s" (median), "times", "params", "metrics"}`` of ``config``'s compiled
+  """``{"first_step_s", "step_s" (median), "times", "params", "xla_temp_gib", "metrics"}`` of ``config``'s compiled
   training step on batches ``make_batch(rng, config.batch_size, config.data.image_size)``.
 
   ``keys_from_detector``: pass only ``Detector.batch_keys`` to the step (else the whole batch).
@@ -54,10 +55,17 @@ def time_train_step(config, make_batch: Callable[[np.random.Generator, int, int]
   tb, vb = (ts.global_batch(make_batch(rng, config.batch_size, config.data.image_size), mesh, keys)
             for _ in range(2))
 
+  compiled = {}
+
   def call():
-    holder["state"], holder["metrics"] = step(holder["state"], tb, vb)
+    if "step" not in compiled:   # compiled on the first (warm-up) call, which is timed
+      compiled["step"] = step.lower(holder["state"], tb, vb).compile()
+    holder["state"], holder["metrics"] = compiled["step"](holder["state"], tb, vb)
     jax.block_until_ready(holder["metrics"])
 
   first, times = time_calls(call, repeats)
+  memory = compiled["step"].memory_analysis()
+  temp = getattr(memory, "temp_size_in_bytes", None) if memory is not None else None
   return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": params,
+          "xla_temp_gib": temp / 2**30 if temp is not None else None,
           "metrics": {k: float(v) for k, v in jax.device_get(holder["metrics"]).items() if np.ndim(v) == 0}}

@@ -412,6 +412,10 @@ def test_detector_config_errors():
   with pytest.raises(config_lib.ConfigError, match="head='mt'"):
     detectors.make(c)
   c = config_lib.base_config("lisiam")
+  c.model.remat = "all"
+  with pytest.raises(config_lib.ConfigError, match=r"remat='all'; expected one of \['none', 'blocks', 'auto'\]"):
+    detectors.make(c)
+  c = config_lib.base_config("lisiam")
   c.model.pretrained = "/nonexistent/xception.pth"
   assert any("does not exist" in p for p in lisiam.check_weights(c))
   c = config_lib.base_config("lisiam")

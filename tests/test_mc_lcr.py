@@ -120,6 +120,11 @@ def test_config_errors_name_the_field():
   with pytest.raises(ConfigError, match="depthwise"):
     mc_lcr.make(c)
   assert config_lib.base_config("mc_lcr").model.depthwise == "auto"
+  c = config_lib.base_config("mc_lcr")
+  c.model.remat = "all"
+  with pytest.raises(ConfigError, match="remat 'all' not one of"):
+    mc_lcr.make(c)
+  assert config_lib.base_config("mc_lcr").model.remat == "auto"
   assert xception.depthwise_impl("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
   with pytest.raises(ValueError, match="depthwise='grouped'"):
     xception.depthwise_impl("grouped")

@@ -19,13 +19,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sjedd_jax.autodiff import custom_backward
+from sjedd_jax.autodiff import custom_backward, recompute_in_backward
 
 # torch.nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu"): N(0, 2 / fan_out).
 kaiming_normal_fan_out = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -299,3 +299,20 @@ def _max_pool_bwd(res, g):
 
 
 max_pool_3x3_s2 = custom_backward(_max_pool_plain, _max_pool_fwd, _max_pool_bwd)
+
+
+def recomputed(module: nnx.Module, forward: Callable[[nnx.Module, jax.Array, bool], jax.Array], x: jax.Array,
+               train: bool) -> jax.Array:
+  """``forward(module, x, train)`` whose backward pass keeps only ``x`` and the module's variables
+  and runs the forward again (``autodiff.recompute_in_backward``); the BatchNorm statistics a
+  training forward computes are written back to ``module`` as usual."""
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+  def pure(params, rest, x):
+    m = nnx.merge(graphdef, params, rest, copy=True)
+    y = forward(m, x, train)
+    return y, nnx.split(m, nnx.Param, ...)[2]
+
+  y, rest = recompute_in_backward(pure)(params, rest, x)
+  nnx.update(module, rest)
+  return y

@@ -74,6 +74,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.pointwise = "auto"             # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
   m.cpu_kernels = "auto"           # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.depthwise = "auto"             # backbone depthwise convs: "shifted" (fast on CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
+  m.remat = "auto"                 # "blocks": recompute each backbone block in the backward pass (same gradients, 1/5 the memory, faster on CPU), "none", "auto" (blocks on CPU)
   m.overrides = ml_collections.ConfigDict()           # other LiSiamConfig fields (widths, dropout rates)
   m.backbone_overrides = ml_collections.ConfigDict()  # XceptionConfig fields
   m.pretrained = ""                # ImageNet Xception (Cadene / timm state dict)
@@ -124,7 +125,7 @@ def model_config(config):
   try:
     cfg = model_lib.get_config(m.preset, scu=m.scu, head=m.head, channel_order=m.channel_order, dtype=m.dtype,
                                depthwise=m.get("depthwise", "auto"), pointwise=m.get("pointwise", "auto"),
-                               **dict(m.get("overrides") or {}))
+                               remat=m.get("remat", "auto"), **dict(m.get("overrides") or {}))
     over = dict(m.get("backbone_overrides") or {})
     if over:
       over = {k: tuple(v) if isinstance(v, list) else v for k, v in over.items()}

@@ -85,6 +85,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.pointwise = "auto"                 # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
   m.cpu_kernels = "auto"               # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.depthwise = "auto"                 # backbone depthwise 3x3: "shifted" (fast on XLA:CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
+  m.remat = "auto"                     # "blocks": recompute each backbone block in the backward pass (same gradients, 1/3 the memory, faster on CPU), "none", "auto" (blocks on CPU)
   return m
 
 
