@@ -13,6 +13,8 @@
   state), so every evaluation inside one step can share the step's key.
 * ``conv_1x1_as_matmul`` / ``set_pointwise``: 1x1 convolutions computed as one matrix product
   (the same function), which XLA:CPU runs 2-5x faster than its convolution, forward and backward.
+* ``recomputed``: a module's forward whose backward pass keeps only its input and runs it again
+  (``autodiff.recompute_in_backward``; the Xception blocks' ``remat``).
 * Initialisers matching PyTorch's defaults (``torch_linear_init``, ``torch_conv_init``)
   and torchvision/timm's ``kaiming_normal_(mode="fan_out")`` for CNN convolutions.
 """
