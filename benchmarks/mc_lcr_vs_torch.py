@@ -191,13 +191,14 @@ def time_torch(size: str, repeats: int) -> dict:
 
 def main(argv=None):
   from sjedd_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  from sjedd_jax.backbones import xception  # pylint: disable=g-import-not-at-top
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--sizes", default="synthetic,256")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
-  ap.add_argument("--remat", default="", choices=["", "none", "blocks"],
-                  help="model.remat of the JAX steps: blocks (recompute each Xception block in the backward pass), none; default: the config's")
+  ap.add_argument("--remat", default="", choices=["", *xception.REMAT],
+                  help="model.remat of the JAX steps: blocks (recompute each Xception block in the backward pass), none, auto (blocks on CPU); default: the config's")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)

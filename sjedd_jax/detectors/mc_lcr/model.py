@@ -194,9 +194,9 @@ class MCLCR(nnx.Module):
     cfg = config or MCLCRConfig()
     self.config = cfg
     self.backbone = xception.Xception(cfg.backbone, rngs=rngs) if cfg.uses_backbone else None
-    if self.backbone is not None and xception.depthwise_impl(cfg.depthwise) == "shifted":
-      xception.use_shifted_depthwise(self.backbone)
     if self.backbone is not None:
+      if xception.depthwise_impl(cfg.depthwise) == "shifted":
+        xception.use_shifted_depthwise(self.backbone)
       xception.set_remat(self.backbone, cfg.remat)
     self.head = modules.MCLCRHead(**cfg.head_kwargs(), rngs=rngs)
     layers.set_pointwise(self, cfg.pointwise)  # 1x1 convs as matmuls on CPU: the same function
