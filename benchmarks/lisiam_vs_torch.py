@@ -42,6 +42,7 @@ from benchmarks import step_timing  # noqa: E402  (after the path)
 
 CPU_KERNELS = "auto"   # --cpu_kernels
 REMAT = ""             # --remat ("": the config's)
+TORCH = ("cpu", "tf32")  # --torch_device, --torch_precision
 
 
 def jax_config(size: str, bilevel: bool, depthwise: str, batch_size: int):
@@ -90,6 +91,7 @@ def torch_step(size: str, batch_size: int):
   c = jax_config(size, False, "xla", batch_size)
   cfg = lisiam.model_config(c)
 
+  dev, sync = step_timing.torch_device(*TORCH)
   torch.manual_seed(0)
   model = TLiSiam(cfg).train()   # segment (both views) and classify (view 1)
   del model.backbone_net.fc     # the restated Xception's ImageNet classifier: LiSiam has none
@@ -101,10 +103,10 @@ def torch_step(size: str, batch_size: int):
   w = [float(x) for x in c.weighting.fixed]
   rng = np.random.default_rng(0)
   bt = batch(rng, c.batch_size, c.data.image_size)
-  x1 = torch.from_numpy(bt["image"]).permute(0, 3, 1, 2).contiguous()
-  x2 = torch.from_numpy(bt["image2"]).permute(0, 3, 1, 2).contiguous()
-  mask = torch.from_numpy(bt["mask"].astype(np.int64))
-  y = torch.from_numpy(bt["y"][:, 0].astype(np.int64))
+  x1 = torch.from_numpy(bt["image"]).permute(0, 3, 1, 2).contiguous().to(dev)
+  x2 = torch.from_numpy(bt["image2"]).permute(0, 3, 1, 2).contiguous().to(dev)
+  mask = torch.from_numpy(bt["mask"].astype(np.int64)).to(dev)
+  y = torch.from_numpy(bt["y"][:, 0].astype(np.int64)).to(dev)
   size_hw = mask.shape[1:]
 
   def seg_ce(logits):
@@ -120,18 +122,19 @@ def torch_step(size: str, batch_size: int):
     loss = sum(wi * li for wi, li in zip(w, losses))
     loss.backward()
     opt.step()
+    sync()
     return [float(li.detach()) for li in losses]
 
-  return step, sum(p.numel() for p in model.parameters()), torch.get_num_threads()
+  return step, sum(p.numel() for p in model.parameters()), torch.get_num_threads(), str(dev)
 
 
 def time_torch(size: str, repeats: int, batch_size: int) -> dict:
-  step, n, threads = torch_step(size, batch_size)
+  step, n, threads, device = torch_step(size, batch_size)
   out = {}
   first, times = step_timing.time_calls(lambda: out.update(losses=step()), repeats)
   losses = out["losses"]
   return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
-          "threads": threads, **dict(zip(("loss/cls", "loss/seg", "loss/li", "loss/aux"), losses))}
+          "threads": threads, "device": device, **dict(zip(("loss/cls", "loss/seg", "loss/li", "loss/aux"), losses))}
 
 
 def main(argv=None):
@@ -141,15 +144,21 @@ def main(argv=None):
   ap.add_argument("--sizes", default="synthetic,299")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--batch_size", type=int, default=16, help="face pairs per step (x 2 views)")
-  ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
+  ap.add_argument("--depthwise", default="auto", choices=xception.DEPTHWISE,
+                  help="model.depthwise of the JAX steps: shifted (fast on XLA:CPU), xla, auto (shifted on CPU)")
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   ap.add_argument("--remat", default="", choices=["", *xception.REMAT],
                   help="model.remat of the JAX steps: blocks (recompute each Xception block in the backward pass), none, auto (blocks on CPU); default: the config's")
+  ap.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch step runs")
+  ap.add_argument("--torch_precision", default="tf32", choices=step_timing.TORCH_PRECISION,
+                  help="on a GPU: tf32 (JAX's default float32 precision there) or highest")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)
-  global CPU_KERNELS, REMAT
-  CPU_KERNELS, REMAT = args.cpu_kernels, args.remat
+  global CPU_KERNELS, REMAT, TORCH
+  CPU_KERNELS, REMAT, TORCH = args.cpu_kernels, args.remat, (args.torch_device, args.torch_precision)
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  print(hostenv.malloc_summary(), flush=True)
   only = set(args.only.split(","))
   unknown = only - {"jax_plain", "jax_bilevel", "torch"}
   if unknown:
@@ -179,4 +188,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  hostenv.reexec_with_malloc_tunables()  # as the trainer runs: SJEDD_HUGE_PAGES=0 / SJEDD_MALLOC_KEEP=0 turn parts off
   main()

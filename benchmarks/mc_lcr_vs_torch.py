@@ -39,6 +39,7 @@ from benchmarks import step_timing  # noqa: E402  (after the path)
 
 CPU_KERNELS = "auto"   # --cpu_kernels
 REMAT = ""             # --remat ("": the config's)
+TORCH = ("cpu", "tf32")  # --torch_device, --torch_precision
 
 
 def jax_config(size: str, bilevel: bool, depthwise: str):
@@ -162,14 +163,15 @@ def torch_supcon(z, y, tau=0.1):
 
 def time_torch(size: str, repeats: int) -> dict:
   import torch
+  dev, sync = step_timing.torch_device(*TORCH)
   torch.manual_seed(0)
   model, c = torch_model(size)
   model.train()
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
   rng = np.random.default_rng(0)
   bt = batch(rng, c.batch_size, c.data.image_size)
-  x = torch.from_numpy(bt["image"]).permute(0, 3, 1, 2).contiguous()
-  y = torch.from_numpy(bt["y"][:, 0])
+  x = torch.from_numpy(bt["image"]).permute(0, 3, 1, 2).contiguous().to(dev)
+  y = torch.from_numpy(bt["y"][:, 0]).to(dev)
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -179,6 +181,7 @@ def time_torch(size: str, repeats: int) -> dict:
     loss = 0.5 * ce + 0.5 * sc
     loss.backward()
     opt.step()
+    sync()
     return float(ce.detach()), float(sc.detach())
 
   out = {}
@@ -186,7 +189,7 @@ def time_torch(size: str, repeats: int) -> dict:
   ce, sc = out["losses"]
   n = sum(p.numel() for p in model.parameters())
   return {"first_step_s": first, "step_s": statistics.median(times), "times": times, "params": n,
-          "loss_ce": ce, "loss_supcon": sc, "threads": torch.get_num_threads()}
+          "loss_ce": ce, "loss_supcon": sc, "threads": torch.get_num_threads(), "device": str(dev)}
 
 
 def main(argv=None):
@@ -195,15 +198,21 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--sizes", default="synthetic,256")
   ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--depthwise", default="shifted", choices=["shifted", "xla"])
+  ap.add_argument("--depthwise", default="auto", choices=xception.DEPTHWISE,
+                  help="model.depthwise of the JAX steps: shifted (fast on XLA:CPU), xla, auto (shifted on CPU)")
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   ap.add_argument("--remat", default="", choices=["", *xception.REMAT],
                   help="model.remat of the JAX steps: blocks (recompute each Xception block in the backward pass), none, auto (blocks on CPU); default: the config's")
+  ap.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch step runs")
+  ap.add_argument("--torch_precision", default="tf32", choices=step_timing.TORCH_PRECISION,
+                  help="on a GPU: tf32 (JAX's default float32 precision there) or highest")
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)
-  global CPU_KERNELS, REMAT
-  CPU_KERNELS, REMAT = args.cpu_kernels, args.remat
+  global CPU_KERNELS, REMAT, TORCH
+  CPU_KERNELS, REMAT, TORCH = args.cpu_kernels, args.remat, (args.torch_device, args.torch_precision)
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  print(hostenv.malloc_summary(), flush=True)
   only = set(args.only.split(","))
   rows = []
   for size in args.sizes.split(","):
@@ -218,6 +227,9 @@ def main(argv=None):
       rows.append(r)
       print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "times"}),
             flush=True)
+      if args.json:   # written after every row: a long run stopped early keeps what it measured
+        with open(args.json, "w") as f:
+          json.dump(rows, f, indent=1)
   by = {(r["size"], r["step"]): r["step_s"] for r in rows}
   for size in args.sizes.split(","):
     p, b, t = (by.get((size, k)) for k in ("jax_plain", "jax_bilevel", "torch"))
@@ -225,10 +237,9 @@ def main(argv=None):
       print(f"{size}: bilevel / plain = {b / p:.2f}")
     if p and t:
       print(f"{size}: torch / jax plain = {t / p:.2f}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  hostenv.reexec_with_malloc_tunables()  # as the trainer runs: SJEDD_HUGE_PAGES=0 / SJEDD_MALLOC_KEEP=0 turn parts off
   main()

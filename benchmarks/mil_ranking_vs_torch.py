@@ -39,7 +39,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.step_timing import time_calls  # noqa: E402  (after the path)
+from benchmarks import step_timing  # noqa: E402  (after the path)
+from benchmarks.step_timing import time_calls  # noqa: E402
 
 
 CPU_KERNELS = "auto"   # --cpu_kernels
@@ -115,8 +116,9 @@ def jax_steps(config, batch: dict, repeats: int, kinds=("plain", "bilevel")) -> 
 
 
 # ------------------------------------------------------------------ PyTorch restatement
-def torch_step_fn(config, batch: dict):
-  """A closure running one PyTorch training step of the same model, losses and optimiser on ``batch``."""
+def torch_step_fn(config, batch: dict, device: str = "cpu", precision: str = "tf32"):
+  """A closure running one PyTorch training step of the same model, losses and optimiser on ``batch``,
+  on ``device`` (``step_timing.torch_device``); it returns once the device has finished."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   from sjedd_jax.backbones import resnet  # pylint: disable=g-import-not-at-top
@@ -183,6 +185,7 @@ def torch_step_fn(config, batch: dict):
       f_v = (v_tok * self.gw[None]).sum(-1) + self.gb
       return f_u, f_v, 0.5 * (f_u + f_v), u
 
+  dev, sync = step_timing.torch_device(device, precision)
   torch.manual_seed(0)
   model = Model().train()
   frozen = tuple(m.frozen_stages)
@@ -201,11 +204,11 @@ def torch_step_fn(config, batch: dict):
                           lr=o.lr, weight_decay=o.weight_decay)
   clip = float(o.get("clip_grad_norm", 0.0) or 0.0)
   k_grid = None
-  x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-  y = torch.from_numpy(batch["y"])
-  r = torch.from_numpy(batch["r"])
-  j = torch.from_numpy(batch["J"])
-  scale = torch.from_numpy(batch["task_scale"][0])
+  x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(dev)
+  y = torch.from_numpy(batch["y"]).to(dev)
+  r = torch.from_numpy(batch["r"]).to(dev)
+  j = torch.from_numpy(batch["J"]).to(dev)
+  scale = torch.from_numpy(batch["task_scale"][0]).to(dev)
   graded = cfg.rank_target == "graded"
 
   def step():
@@ -213,7 +216,7 @@ def torch_step_fn(config, batch: dict):
     f_u, f_v, f, u = model(x)
     n = u.shape[-1]
     if k_grid is None:
-      k_grid = torch.from_numpy(jl.k_values(n, cfg.k_grid).astype(np.int64))
+      k_grid = torch.from_numpy(jl.k_values(n, cfg.k_grid).astype(np.int64)).to(dev)
     c = 1 - u
     head = torch.cumsum(c, -1)
     tail = torch.flip(torch.cumsum(torch.flip(c, [-1]), -1), [-1])
@@ -249,6 +252,7 @@ def torch_step_fn(config, batch: dict):
     if clip > 0:
       torch.nn.utils.clip_grad_norm_([p for g in groups.values() for p in g], clip)
     opt.step()
+    sync()
     return vec.detach()
 
   return step
@@ -262,6 +266,9 @@ def main(argv=None) -> int:
   ap.add_argument("--batch_size", type=int, default=32)
   ap.add_argument("--skip", default="", help="comma list of steps to skip: jax_plain, jax_bilevel, torch")
   ap.add_argument("--out", default="")
+  ap.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch step runs")
+  ap.add_argument("--torch_precision", default="tf32", choices=step_timing.TORCH_PRECISION,
+                  help="on a GPU: tf32 (JAX's default float32 precision there) or highest")
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   args = ap.parse_args(argv)
   global CPU_KERNELS
@@ -269,8 +276,10 @@ def main(argv=None) -> int:
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
   skip = set(filter(None, args.skip.split(",")))
-  report = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "repeats": args.repeats, "sizes": {}}
-  print(f"load average {report['load_before']}, {report['cpus']} CPUs", flush=True)
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  report = {"load_before": os.getloadavg(), "cpus": os.cpu_count(), "repeats": args.repeats,
+            "host_malloc": hostenv.malloc_summary(), "sizes": {}}
+  print(f"load average {report['load_before']}, {report['cpus']} CPUs, {report['host_malloc']}", flush=True)
   for size in filter(None, args.sizes.split(",")):
     config = load_config(size)
     from sjedd_jax import detectors  # pylint: disable=g-import-not-at-top
@@ -283,9 +292,10 @@ def main(argv=None) -> int:
     if kinds:
       res["jax"] = jax_steps(config, batch, args.repeats, kinds)
     if "torch" not in skip:
-      step = torch_step_fn(config, batch)
+      step = torch_step_fn(config, batch, args.torch_device, args.torch_precision)
       first, times = time_calls(step, args.repeats)
-      res["torch"] = {"first_call_s": first, "times_s": times, "median_s": statistics.median(times)}
+      res["torch"] = {"first_call_s": first, "times_s": times, "median_s": statistics.median(times),
+                      "device": args.torch_device}
       print(f"  torch plain: first call {first:.2f} s, step median {statistics.median(times):.3f} s "
             f"({', '.join(f'{x:.3f}' for x in times)})", flush=True)
     res["load_after"] = os.getloadavg()
@@ -297,11 +307,13 @@ def main(argv=None) -> int:
     print(f"  ratios: {({k: round(v, 2) for k, v in res.items() if k.endswith(('_plain', '_over_plain'))})}, "
           f"load {res['load_before']} -> {res['load_after']}", flush=True)
     report["sizes"][size] = res
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(report, f, indent=2)
+    if args.out:   # written after every size: a long run stopped early keeps what it measured
+      with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
   return 0
 
 
 if __name__ == "__main__":
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  hostenv.reexec_with_malloc_tunables()  # as the trainer runs: SJEDD_HUGE_PAGES=0 / SJEDD_MALLOC_KEEP=0 turn parts off
   sys.exit(main())

@@ -5,7 +5,10 @@
 * ``time_train_step(config, make_batch, repeats)``: the trainer's compiled step
   (``train_step.make_train_step``) of ``config``'s detector, weighting and optimiser on one
   device, timed on two fixed batches (training, validation), with the XLA temporaries its
-  compiled program allocates (``memory_analysis``, GiB).
+  compiled program allocates (``memory_analysis``, GiB);
+* ``torch_device(name, precision)``: PyTorch's new tensors on "cpu" or "cuda" (with TF32 as JAX's
+  default float32 precision on GPUs has it, or "highest" for none), and a function that waits for
+  the device, for the PyTorch side of the same benchmarks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,33 @@ def time_calls(fn: Callable[[], object], repeats: int) -> tuple[float, list[floa
     fn()
     times.append(time.perf_counter() - t)
   return first, times
+
+
+TORCH_PRECISION = ("tf32", "highest")
+
+
+def torch_device(name: str = "cpu", precision: str = "tf32"):
+  """``(torch.device, sync)``: makes ``name`` ("cpu", "cuda") PyTorch's default device for new
+  tensors and modules; ``sync()`` waits until the device has finished (a no-op on the CPU).
+
+  On a GPU, ``precision="tf32"`` lets float32 matrix products and convolutions run in TF32, as JAX
+  does by default there (``jax_default_matmul_precision`` unset); "highest" runs them in float32
+  (compare with ``JAX_DEFAULT_MATMUL_PRECISION=highest``). cuDNN picks its fastest kernels in the
+  warm-up step (``cudnn.benchmark``), as XLA autotunes while compiling.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  if precision not in TORCH_PRECISION:
+    raise SystemExit(f"torch precision {precision!r} not one of {list(TORCH_PRECISION)}")
+  dev = torch.device(name)
+  if dev.type == "cuda":
+    if not torch.cuda.is_available():
+      raise SystemExit(f"--torch_device {name}: PyTorch {torch.__version__} sees no GPU")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.benchmark = True
+  elif dev.type != "cpu":
+    raise SystemExit(f"--torch_device {name!r}: cpu or cuda")
+  torch.set_default_device(dev)
+  return dev, (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))
 
 
 def time_train_step(config, make_batch: Callable[[np.random.Generator, int, int], dict], repeats: int,

@@ -99,6 +99,8 @@ _FLOP_CHECK = flags.DEFINE_bool("flop_check", True, "Compare XLA's tower FLOPs w
 _OUT = flags.DEFINE_string("out", None, "Also write the Markdown report here.")
 _HUGE_PAGES = flags.DEFINE_bool("huge_pages", True, "Re-run this command with glibc.malloc.hugetlb=1 (sjedd_jax/hostenv.py); "
                   "--nohuge_pages keeps glibc's default.")
+_MALLOC_KEEP = flags.DEFINE_bool("malloc_keep", True, "Re-run this command with glibc's malloc keeping freed memory for the next "
+                  "step (hostenv.KEEP: mmap_max=0, trim_threshold, top_pad); --nomalloc_keep keeps glibc's default.")
 
 # Dense peak TFLOP/s per device, by a substring of jax's device_kind, per compute dtype.
 KNOWN_PEAKS = {
@@ -396,7 +398,7 @@ def report(c, results, argv, pipe, flop_rows) -> str:
   lines = [
       f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()} {dev.platform} "
       f"({dev.device_kind}, {jax.device_count()} device(s), {os.cpu_count()} CPU cores), "
-      f"jax {jax.__version__}, malloc huge pages {'on' if hostenv.huge_pages_on() else 'off'}. Load average (1 min) during the runs: "
+      f"jax {jax.__version__}, {hostenv.malloc_summary()}. Load average (1 min) during the runs: "
       f"{min(r['load'] for r in results):.2f}-{max(r['load'] for r in results):.2f}.",
       f"Config: CLIP {c.model.clip}, batch {c.batch_size}, {c.data.image_size} px, "
       f"lr {c.optim.lr}, {_ROUNDS.value} round(s) x {_STEPS.value} timed steps per mode after "
@@ -438,8 +440,8 @@ def report(c, results, argv, pipe, flop_rows) -> str:
 
 def main(argv):
   del argv
-  if _HUGE_PAGES.value:  # before anything runs: the command starts again with the tunable set
-    hostenv.reexec_with_huge_pages()
+  # before anything runs: the command starts again with the tunables set
+  hostenv.reexec_with_malloc_tunables(huge=_HUGE_PAGES.value, keep=_MALLOC_KEEP.value)
   c = base_config()
   print(f"benchmark: CLIP {c.model.clip}, batch {c.batch_size}, modes {_MODES.value}", flush=True)
   unknown = [m for m in _MODES.value if m not in MODES]

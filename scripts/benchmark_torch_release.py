@@ -267,6 +267,8 @@ def main(argv=None):
   med = statistics.median(times)
   where = (f"{torch.cuda.get_device_name(device)}, peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
            f", TF32 {'on' if args.tf32 else 'off'}" if device.type == "cuda" else f"{torch.get_num_threads()} threads")
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  where += f", {hostenv.malloc_summary()}"
   print(f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({where}), transformers {transformers.__version__}. "
         f"Load average at end: {os.getloadavg()[0]:.2f}.")
@@ -281,4 +283,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+  hostenv.reexec_with_malloc_tunables()  # the JAX benchmark's allocator settings; SJEDD_MALLOC_KEEP=0 etc. turn them off
   main()

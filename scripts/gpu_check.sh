@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU rows of docs/performance.md in one run: the JAX step (fused vs naive, float32 and bf16)
 # at ViT-B/32 batch 32, the largest bf16 batch that fits with its MFU, and the authors' PyTorch
-# step on the same GPU. Each part has its own time limit and appends its output to
+# step on the same GPU; then, in the last DETECTORS_S seconds (default 200; 0 skips them), the
+# other detectors' training steps (MC-LCR 256 px b16, MIL ResNet-50 256 px b32, LiSiam 299 px
+# b16 x 2 views: JAX plain and bi-level against their PyTorch restatements on the same GPU, TF32 as
+# JAX's default float32 precision). Each part has its own time limit and appends its output to
 # $OUT/report.md as it finishes (a progress log in $OUT/log.txt), so a run cut short keeps what
 # it measured.
 #
@@ -40,7 +43,9 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
 start=$(date +%s)
 DEADLINE="${DEADLINE:-560}"   # seconds for the whole run (a device call may last 600)
-left() { echo $(( DEADLINE - ($(date +%s) - start) )); }
+DETECTORS_S="${DETECTORS_S:-200}"  # of which the last ones go to the other detectors' steps
+RESERVE=$DETECTORS_S          # what the SJEDD parts leave
+left() { echo $(( DEADLINE - RESERVE - ($(date +%s) - start) )); }
 log() { echo "[gpu_check +$(( $(date +%s) - start ))s] $*" | tee -a "$OUT/log.txt"; }
 TMP=$(mktemp -d)
 report() {  # title file: appends a part's whole output to $OUT/report.md (two files come back: it and log.txt)
@@ -110,4 +115,27 @@ if (( big_ok == 0 )); then
   done
 fi
 torch_release _tf32 --tf32
+
+# 6. The other detectors' steps, JAX (plain, bi-level) vs their PyTorch restatements on the GPU.
+RESERVE=0
+detector() {  # name share-of-what-is-left script args...: one benchmarks/*_vs_torch.py run
+  local name=$1 share=$2 script=$3; shift 3
+  local t=$(( $(left) * share / 100 ))
+  (( t < 30 )) && { log "$name: skipped, $(left) s left"; return 1; }
+  log "$name (limit ${t} s): python $script $*"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 timeout "$t" python3 "$script" "$@" > "$TMP/$name.log" 2>&1
+  local rc=$?
+  log "$name: rc=$rc$( [[ $rc == 124 ]] && echo ' (time limit)')"
+  report "$name (rc=$rc)" "$TMP/$name.log"
+}
+if (( DETECTORS_S > 0 )); then
+  if [[ -n "${SMOKE:-}" ]]; then
+    DEV=cpu; MC=synthetic; MIL=synthetic; LI=synthetic; LIB=4
+  else
+    DEV=cuda; MC=256; MIL=r50; LI=299; LIB=16
+  fi
+  detector "mc_lcr_$MC" 34 benchmarks/mc_lcr_vs_torch.py --sizes "$MC" --repeats 5 --torch_device "$DEV"
+  detector "mil_$MIL" 50 benchmarks/mil_ranking_vs_torch.py --sizes "$MIL" --repeats 5 --torch_device "$DEV"
+  detector "lisiam_$LI" 100 benchmarks/lisiam_vs_torch.py --sizes "$LI" --batch_size "$LIB" --repeats 5 --torch_device "$DEV"
+fi
 log "done"

@@ -1,18 +1,27 @@
-"""Host memory setting for XLA:CPU: transparent huge pages for glibc's malloc.
+"""Host memory settings for XLA:CPU: glibc's malloc keeps a step's buffers, in huge pages.
 
 XLA:CPU allocates each step's large temporary buffers anew and frees them after
-the step. glibc serves buffers of more than a few MiB with fresh ``mmap``
-pages, so every step page-faults its working set back in, 4 KiB at a time: at
-ViT-B/32 batch 8 about 0.7 million minor faults per training step. glibc 2.35+
-has the tunable ``glibc.malloc.hugetlb=1``, with which malloc asks the kernel
-for transparent huge pages (2 MiB): measured 15x fewer faults and a 1.10x faster
-step on the 2-core CPU (docs/performance.md, "Stacked layers and huge pages").
+the step. With glibc's defaults, malloc serves buffers of more than a few MiB
+with fresh ``mmap`` pages and gives them back when they are freed, so every
+step page-faults its working set in again, 4 KiB at a time: at ViT-B/32 batch 8
+about 0.7 million minor faults per training step. Two sets of glibc tunables
+(docs/performance.md, "Stacked layers and huge pages" and "What glibc's malloc
+keeps"):
+
+* ``HUGE`` (``glibc.malloc.hugetlb=1``, glibc 2.35+ with transparent huge pages
+  on): malloc asks the kernel for 2 MiB pages. 15x fewer faults, a 1.10x faster
+  ViT-B/32 step.
+* ``KEEP`` (``mmap_max=0``, ``trim_threshold`` 64 GiB, ``top_pad`` 1 GiB): large
+  blocks come from the heap, and freed memory stays there for the next step
+  instead of going back to the kernel. The small steps gain most (the SJEDD
+  synthetic step, the detectors' twins); the cost is that the process keeps its
+  peak memory until it exits.
 
 glibc reads tunables only when a process starts, so a command line tool calls
-``reexec_with_huge_pages()`` first: it starts the same command again, once, with
-the tunable added to ``GLIBC_TUNABLES``. It does nothing when the tunable is
-already set, on other C libraries, when the kernel's transparent huge pages are
-off, or with ``SJEDD_HUGE_PAGES=0``.
+``reexec_with_malloc_tunables()`` first: it starts the same command again, once,
+with the tunables added to ``GLIBC_TUNABLES``. A tunable the user already set is
+left as it is. ``SJEDD_HUGE_PAGES=0`` leaves out ``HUGE``, ``SJEDD_MALLOC_KEEP=0``
+leaves out ``KEEP``; nothing happens on other C libraries.
 """
 
 from __future__ import annotations
@@ -21,32 +30,51 @@ import os
 import platform
 import sys
 
-ENV = "SJEDD_HUGE_PAGES"
+ENV = "SJEDD_HUGE_PAGES"          # "0": no huge pages
+KEEP_ENV = "SJEDD_MALLOC_KEEP"    # "0": glibc's own mmap and trim behaviour
 TUNABLE = "glibc.malloc.hugetlb"
+HUGE = {TUNABLE: "1"}
+KEEP = {"glibc.malloc.mmap_max": "0",                   # large blocks from the heap, not mmap
+        "glibc.malloc.trim_threshold": str(64 << 30),    # never give freed heap back
+        "glibc.malloc.top_pad": str(1 << 30)}            # grow the heap in 1 GiB steps
 _THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _glibc_version() -> tuple[int, int] | None:
+  if not sys.platform.startswith("linux"):
+    return None
+  libc, version = platform.libc_ver()
+  try:
+    return tuple(int(x) for x in version.split(".")[:2]) if libc == "glibc" else None
+  except ValueError:
+    return None
 
 
 def huge_pages_possible() -> bool:
   """glibc >= 2.35 on Linux with transparent huge pages "always" or "madvise"."""
-  if not sys.platform.startswith("linux"):
+  v = _glibc_version()
+  if v is None or v < (2, 35):
     return False
-  libc, version = platform.libc_ver()
   try:
-    if libc != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 35):
-      return False
     with open(_THP) as f:
       return "[never]" not in f.read()
-  except (OSError, ValueError):
+  except OSError:
     return False
+
+
+def _tunables() -> dict[str, str]:
+  """The tunables ``GLIBC_TUNABLES`` sets, by name."""
+  out = {}
+  for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+    name, sep, value = item.partition("=")
+    if sep:
+      out[name] = value
+  return out
 
 
 def _tunable_value() -> str | None:
   """The value ``GLIBC_TUNABLES`` gives ``glibc.malloc.hugetlb``, or None when unset."""
-  for item in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-    name, _, value = item.partition("=")
-    if name == TUNABLE:
-      return value
-  return None
+  return _tunables().get(TUNABLE)
 
 
 def huge_pages_on() -> bool:
@@ -54,15 +82,40 @@ def huge_pages_on() -> bool:
   return _tunable_value() not in (None, "", "0")
 
 
-def reexec_with_huge_pages() -> None:
-  """Re-executes this process (``sys.orig_argv``) with ``glibc.malloc.hugetlb=1``, once.
+def malloc_keep_on() -> bool:
+  """Whether this process runs with ``KEEP``'s values (malloc keeps freed memory for the next step)."""
+  return all(_tunables().get(k) == v for k, v in KEEP.items())
 
-  Call it before any work is done (it replaces the process; nothing returns).
+
+def malloc_summary() -> str:
+  """A few words for reports: which of the two settings this process runs with."""
+  return f"malloc huge pages {'on' if huge_pages_on() else 'off'}, keeps freed memory {'on' if malloc_keep_on() else 'off'}"
+
+
+def wanted_tunables(huge: bool = True, keep: bool = True) -> dict[str, str]:
+  """The tunables ``reexec_with_malloc_tunables`` would add: ``HUGE`` and ``KEEP`` where asked for,
+  possible and not switched off by ``SJEDD_HUGE_PAGES=0`` / ``SJEDD_MALLOC_KEEP=0``, less any
+  tunable ``GLIBC_TUNABLES`` already names (the user's choice wins)."""
+  out = {}
+  if huge and os.environ.get(ENV, "1") != "0" and huge_pages_possible():
+    out.update(HUGE)
+  if keep and os.environ.get(KEEP_ENV, "1") != "0" and _glibc_version() is not None:
+    out.update(KEEP)
+  have = _tunables()
+  return {k: v for k, v in out.items() if k not in have}
+
+
+def reexec_with_malloc_tunables(huge: bool = True, keep: bool = True) -> None:
+  """Re-executes this process (``sys.orig_argv``) with ``wanted_tunables(huge, keep)`` added, once.
+
+  Call it before any work is done (it replaces the process; nothing returns). In the new process
+  every tunable it wants is set, so it does not run again.
   """
-  if os.environ.get(ENV, "1") == "0" or _tunable_value() is not None or not huge_pages_possible():
-    return  # switched off, or the user already chose a value
+  add = wanted_tunables(huge, keep)
+  if not add:
+    return
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  env = dict(os.environ, GLIBC_TUNABLES=":".join(t for t in (tunables, f"{TUNABLE}=1") if t))
+  env = dict(os.environ, GLIBC_TUNABLES=":".join(t for t in (tunables, *(f"{k}={v}" for k, v in add.items())) if t))
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, env)

@@ -21,9 +21,9 @@ checkpoint with them; a finished run is reported again, not redone.
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # before jax allocates anything: huge pages for XLA:CPU's buffers
+if __name__ == "__main__":  # before jax allocates anything: how glibc's malloc serves XLA:CPU's buffers
   from sjedd_jax import hostenv
-  hostenv.reexec_with_huge_pages()
+  hostenv.reexec_with_malloc_tunables()
 
 import json
 import logging as pylogging

@@ -1,4 +1,4 @@
-"""hostenv: the command re-executes itself once with glibc.malloc.hugetlb=1 (or not at all)."""
+"""hostenv: the command re-executes itself once with glibc's malloc tunables (or not at all)."""
 
 import os
 import subprocess
@@ -8,28 +8,39 @@ import pytest
 
 from sjedd_jax import hostenv
 
-_PROBE = ("import os; from sjedd_jax import hostenv; hostenv.reexec_with_huge_pages(); "
-          "print(os.environ.get('GLIBC_TUNABLES', '')); print(hostenv.huge_pages_on())")
+_PROBE = ("import os; from sjedd_jax import hostenv; hostenv.reexec_with_malloc_tunables(); "
+          "print(os.environ.get('GLIBC_TUNABLES', '')); print(hostenv.huge_pages_on()); print(hostenv.malloc_keep_on())")
+_KEEP = ":".join(f"{k}={v}" for k, v in hostenv.KEEP.items())
+_huge = pytest.mark.skipif(not hostenv.huge_pages_possible(), reason="needs glibc >= 2.35 and transparent huge pages")
 
 
 def _run(**env):
-  """(GLIBC_TUNABLES, huge_pages_on()) as seen by a fresh process after reexec_with_huge_pages()."""
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostenv.ENV)}
+  """(GLIBC_TUNABLES, huge_pages_on(), malloc_keep_on()) in a fresh process after reexec_with_malloc_tunables()."""
+  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostenv.ENV, hostenv.KEEP_ENV)}
   out = subprocess.run([sys.executable, "-c", _PROBE], env={**base, **env}, capture_output=True, text=True,
                        check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  tunables, on = out.stdout.split("\n")[:2]
-  return tunables, on == "True"
+  tunables, huge, keep = out.stdout.split("\n")[:3]
+  return tunables, huge == "True", keep == "True"
 
 
-@pytest.mark.skipif(not hostenv.huge_pages_possible(), reason="needs glibc >= 2.35 and transparent huge pages")
-def test_reexec_sets_the_tunable_once_and_keeps_others():
-  assert _run() == ("glibc.malloc.hugetlb=1", True)
-  # kept, tunable appended
-  assert _run(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", True)
+@_huge
+def test_reexec_sets_the_tunables_once_and_keeps_others():
+  assert _run() == (f"glibc.malloc.hugetlb=1:{_KEEP}", True, True)
+  # the user's own tunables kept, ours appended
+  assert _run(GLIBC_TUNABLES="glibc.malloc.arena_max=2") == (
+      f"glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1:{_KEEP}", True, True)
 
 
-def test_switched_off_or_already_set():
-  tunables, on = _run(SJEDD_HUGE_PAGES="0")
-  assert "hugetlb" not in tunables and not on
-  # the user's choice wins, and is reported as off
-  assert _run(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == ("glibc.malloc.hugetlb=0", False)
+@_huge
+def test_each_part_switched_off_or_already_set():
+  assert _run(SJEDD_HUGE_PAGES="0") == (_KEEP, False, True)
+  assert _run(SJEDD_MALLOC_KEEP="0") == ("glibc.malloc.hugetlb=1", True, False)
+  # the user's value wins, and is reported as off
+  assert _run(GLIBC_TUNABLES="glibc.malloc.hugetlb=0") == (f"glibc.malloc.hugetlb=0:{_KEEP}", False, True)
+  tunables, huge, keep = _run(GLIBC_TUNABLES="glibc.malloc.mmap_max=65536")
+  assert tunables.startswith("glibc.malloc.mmap_max=65536:glibc.malloc.hugetlb=1:") and tunables.count("mmap_max") == 1
+  assert huge and not keep
+
+
+def test_both_switched_off_does_nothing():
+  assert _run(SJEDD_HUGE_PAGES="0", SJEDD_MALLOC_KEEP="0") == ("", False, False)
