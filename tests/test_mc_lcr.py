@@ -124,7 +124,7 @@ def test_config_errors_name_the_field():
   c.model.remat = "all"
   with pytest.raises(ConfigError, match="remat 'all' not one of"):
     mc_lcr.make(c)
-  assert config_lib.base_config("mc_lcr").model.remat == "auto"
+  assert config_lib.base_config("mc_lcr").model.remat == "none"
   assert xception.depthwise_impl("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
   with pytest.raises(ValueError, match="depthwise='grouped'"):
     xception.depthwise_impl("grouped")

@@ -85,7 +85,8 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.pointwise = "auto"                 # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
   m.cpu_kernels = "auto"               # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.depthwise = "auto"                 # backbone depthwise 3x3: "shifted" (fast on XLA:CPU), "xla" (same function; GPU/TPU kernels), "auto" (shifted on CPU)
-  m.remat = "auto"                     # "blocks": recompute each backbone block in the backward pass (same gradients, 1/3 the memory, faster on CPU), "none", "auto" (blocks on CPU)
+  m.remat = "none"                     # "blocks": recompute each backbone block in the backward pass (same gradients, 1/3 the memory), "none", "auto" (blocks on CPU).
+                                       # "none": at 256 px batch 16 the faster on CPU too (2.3-2.5 s vs 3.4 s plain, 9.1 s vs 10.5 s bi-level; docs/performance.md)
   return m
 
 
