@@ -149,9 +149,7 @@ def main(argv=None):
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   ap.add_argument("--remat", default="", choices=["", *xception.REMAT],
                   help="model.remat of the JAX steps: blocks (recompute each Xception block in the backward pass), none, auto (blocks on CPU); default: the config's")
-  ap.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch step runs")
-  ap.add_argument("--torch_precision", default="tf32", choices=step_timing.TORCH_PRECISION,
-                  help="on a GPU: tf32 (JAX's default float32 precision there) or highest")
+  step_timing.add_torch_device_args(ap)
   ap.add_argument("--only", default="jax_plain,jax_bilevel,torch", help="which steps to time")
   ap.add_argument("--json", default="", help="write the rows here too")
   args = ap.parse_args(argv)

@@ -266,9 +266,7 @@ def main(argv=None) -> int:
   ap.add_argument("--batch_size", type=int, default=32)
   ap.add_argument("--skip", default="", help="comma list of steps to skip: jax_plain, jax_bilevel, torch")
   ap.add_argument("--out", default="")
-  ap.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch step runs")
-  ap.add_argument("--torch_precision", default="tf32", choices=step_timing.TORCH_PRECISION,
-                  help="on a GPU: tf32 (JAX's default float32 precision there) or highest")
+  step_timing.add_torch_device_args(ap)
   ap.add_argument("--cpu_kernels", default="auto", choices=xla_cpu.KERNELS, help="model.cpu_kernels of the JAX steps: auto (eigen on CPU), eigen, ynnpack (XLA's default)")
   args = ap.parse_args(argv)
   global CPU_KERNELS

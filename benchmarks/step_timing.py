@@ -8,7 +8,8 @@
   compiled program allocates (``memory_analysis``, GiB);
 * ``torch_device(name, precision)``: PyTorch's new tensors on "cpu" or "cuda" (with TF32 as JAX's
   default float32 precision on GPUs has it, or "highest" for none), and a function that waits for
-  the device, for the PyTorch side of the same benchmarks.
+  the device, for the PyTorch side of the same benchmarks; ``add_torch_device_args(parser)``:
+  their ``--torch_device`` and ``--torch_precision`` options.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ def time_calls(fn: Callable[[], object], repeats: int) -> tuple[float, list[floa
 
 
 TORCH_PRECISION = ("tf32", "highest")
+
+
+def add_torch_device_args(parser) -> None:
+  """``--torch_device`` and ``--torch_precision`` on an argparse parser (``torch_device``'s arguments)."""
+  parser.add_argument("--torch_device", default="cpu", choices=["cpu", "cuda"], help="where the PyTorch step runs")
+  parser.add_argument("--torch_precision", default="tf32", choices=TORCH_PRECISION,
+                      help="on a GPU: tf32 (JAX's default float32 precision there) or highest")
 
 
 def torch_device(name: str = "cpu", precision: str = "tf32"):

@@ -47,6 +47,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
+
+if __name__ == "__main__":  # before torch loads: the JAX benchmark's allocator settings (SJEDD_MALLOC_KEEP=0 etc. turn them off)
+  hostenv.reexec_with_malloc_tunables()
+
 import numpy as np  # pylint: disable=g-import-not-at-top
 import torch
 import transformers
@@ -267,7 +272,6 @@ def main(argv=None):
   med = statistics.median(times)
   where = (f"{torch.cuda.get_device_name(device)}, peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
            f", TF32 {'on' if args.tf32 else 'off'}" if device.type == "cuda" else f"{torch.get_num_threads()} threads")
-  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
   where += f", {hostenv.malloc_summary()}"
   print(f"Date: {datetime.date.today().isoformat()}. Machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({where}), transformers {transformers.__version__}. "
@@ -283,6 +287,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
-  hostenv.reexec_with_malloc_tunables()  # the JAX benchmark's allocator settings; SJEDD_MALLOC_KEEP=0 etc. turn them off
   main()

@@ -72,14 +72,9 @@ def _tunables() -> dict[str, str]:
   return out
 
 
-def _tunable_value() -> str | None:
-  """The value ``GLIBC_TUNABLES`` gives ``glibc.malloc.hugetlb``, or None when unset."""
-  return _tunables().get(TUNABLE)
-
-
 def huge_pages_on() -> bool:
   """Whether this process runs with glibc's malloc huge pages (a nonzero ``glibc.malloc.hugetlb``)."""
-  return _tunable_value() not in (None, "", "0")
+  return _tunables().get(TUNABLE) not in (None, "", "0")
 
 
 def malloc_keep_on() -> bool:

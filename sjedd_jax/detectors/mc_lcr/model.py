@@ -60,9 +60,10 @@ class MCLCRConfig:
       parameters and variable paths: an export of one loads into the other.
     remat: "blocks": each backbone block keeps only its input for the backward pass and is
       recomputed there (``xception.set_remat``; the same function and gradients in a third of the
-      step's XLA temporaries at 256 px; on XLA:CPU the same plain step and a 1.1-1.2x faster bi-level
-      step at 256 px, a faster step at the twin's size); "none"; "auto" (the default): blocks on
-      CPU, none elsewhere.
+      step's XLA temporaries at 256 px; on XLA:CPU a faster plain step at the twin's size, and
+      slower steps at 256 px once malloc keeps freed memory, docs/performance.md); "none"; "auto"
+      (this dataclass's default): blocks on CPU, none elsewhere. The detector's config
+      (``model_defaults``) says "none", the twin's config "auto".
     mean, std: the input normalisation the model undoes for the spectra.
   """
 
