@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from typing import Callable
@@ -22,10 +23,16 @@ import numpy as np
 
 
 def time_calls(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-  """(seconds of the first call, seconds of each of the ``repeats`` calls after it)."""
+  """(seconds of the first call, seconds of each of the ``repeats`` calls after it).
+
+  Python's garbage collector runs once between the first call and the timed ones: a collection
+  falling inside the timed calls (freeing an earlier benchmark's compiled program, say) would be
+  timed as part of a step.
+  """
   t = time.perf_counter()
   fn()
   first = time.perf_counter() - t
+  gc.collect()
   times = []
   for _ in range(repeats):
     t = time.perf_counter()
