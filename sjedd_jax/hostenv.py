@@ -36,9 +36,9 @@ the Python thread that calls it and its temporaries come from the main heap that
 ``KEEP`` keeps. It applies only under ``KEEP`` (without it the block is mapped
 anew either way) and only to single-device programs (XLA:CPU runs a program over
 several devices on its own threads regardless); ``SJEDD_INLINE_DISPATCH=0`` leaves
-JAX's default. Only when the step runs does the calling thread wait: the trainer
-reads every step's metrics before the next step anyway, and its input pipeline
-prefetches on threads of its own.
+JAX's default. The calling thread then waits for each program it runs: the
+training loop no longer runs ahead of the step it dispatched (its input pipeline
+prefetches on threads of its own; the README's main command is not slower).
 """
 
 from __future__ import annotations
@@ -127,8 +127,12 @@ def run_programs_on_calling_thread() -> bool:
   if os.environ.get(INLINE_ENV, "1") == "0" or not malloc_keep_on():
     return False
   import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if getattr(xla_bridge, "_backends", None):
+  try:  # jax's private record of started backends (jax 0.10); without it, no check
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    started = bool(getattr(xla_bridge, "_backends", None))
+  except ImportError:
+    started = False
+  if started:
     if inline_dispatch_on():
       return True
     raise RuntimeError("hostenv.run_programs_on_calling_thread() was called after JAX's backends started; "
