@@ -132,6 +132,8 @@ def run_programs_on_calling_thread() -> bool:
     started = bool(getattr(xla_bridge, "_backends", None))
   except ImportError:
     started = False
+  if INLINE_OPTION not in jax.config.values:   # a jax without the option: its default stays
+    return False
   if started:
     if inline_dispatch_on():
       return True
