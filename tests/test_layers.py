@@ -185,3 +185,29 @@ def test_recompute_in_backward_same_derivatives_and_xla_keeps_the_recomputation(
     _, jvp = jax.jvp(lambda w: _sq_loss(re)(w, x), (ws,), (tangent,))
   _, expected_jvp = jax.jvp(lambda w: _sq_loss(_mlp)(w, x), (ws,), (tangent,))
   np.testing.assert_allclose(jvp, expected_jvp, rtol=1e-5)
+
+
+def _bits(x):
+  return np.asarray(jax.lax.bitcast_convert_type(x, jnp.int32))
+
+
+def test_sort_is_jnp_sort_bit_for_bit_with_its_derivatives():
+  """``layers.sort``: jnp.sort's values (-0.0 with +0.0, NaNs last, infinities, ties in index
+  order), gradient and tangents, on either axis, under jit, vmap and on non-float32 input."""
+  rng = np.random.default_rng(0)
+  y = rng.normal(size=(5, 997)).astype(np.float32)
+  y[:, ::7], y[:, 1::9], y[:, 2::11] = 0.0, -0.0, np.nan
+  y[:, 3::13], y[:, 4::17], y[:, 5::19] = np.inf, -np.inf, 1.5
+  y = jnp.asarray(y)
+  for axis in (0, 1, -1):
+    np.testing.assert_array_equal(_bits(layers.sort(y, axis)), _bits(jnp.sort(y, axis=axis)))
+  np.testing.assert_array_equal(_bits(jax.jit(layers.sort)(y)), _bits(jnp.sort(y, axis=-1)))
+  z = jnp.asarray(rng.normal(size=(3, 4, 50)).astype(np.float32)).at[..., ::3].set(0.5)
+  w = jnp.asarray(rng.normal(size=(3, 4, 50)).astype(np.float32))
+  loss = lambda sort_fn: (lambda v: (sort_fn(v) * w).sum())
+  np.testing.assert_array_equal(jax.grad(loss(layers.sort))(z), jax.grad(loss(jnp.sort))(z))
+  np.testing.assert_array_equal(jax.jvp(layers.sort, (z,), (w,))[1], jax.jvp(jnp.sort, (z,), (w,))[1])
+  np.testing.assert_array_equal(jax.vmap(layers.sort)(z), jnp.sort(z, axis=-1))
+  b = z.astype(jnp.bfloat16)   # other dtypes: jnp.sort itself
+  np.testing.assert_array_equal(np.asarray(layers.sort(b), np.float32), np.asarray(jnp.sort(b), np.float32))
+  assert not jax.config.jax_enable_x64 and layers.sort(z).dtype == jnp.float32

@@ -13,6 +13,10 @@
   state), so every evaluation inside one step can share the step's key.
 * ``conv_1x1_as_matmul`` / ``set_pointwise``: 1x1 convolutions computed as one matrix product
   (the same function), which XLA:CPU runs 2-5x faster than its convolution, forward and backward.
+* ``sort``: ``jnp.sort``'s values, gradient and tangents through one single-operand sort of
+  integer (value, index) keys, which XLA:CPU runs with a plain comparison instead of calling its
+  float total-order comparator (the MIL similarity list, 32 x 32,640: 42 ms against 137 ms, and
+  44 ms against 169 ms with the gradient).
 * ``recomputed``: a module's forward whose backward pass keeps only its input and runs it again
   (``autodiff.recompute_in_backward``; the Xception blocks' ``remat``).
 * Initialisers matching PyTorch's defaults (``torch_linear_init``, ``torch_conv_init``)
@@ -226,6 +230,36 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool,
 def channel_dropout(x: jax.Array, rate: float, rng: jax.Array | None, train: bool) -> jax.Array:
   """``torch.nn.Dropout2d`` on NHWC: whole channels of each example dropped."""
   return dropout(x, rate, rng, train, broadcast_dims=(1, 2))
+
+
+def sort(x: jax.Array, axis: int = -1) -> jax.Array:
+  """``jnp.sort(x, axis)`` (stable, ascending, -0.0 equal to +0.0, NaNs last): the same values,
+  gradient and tangents, faster on XLA:CPU.
+
+  ``jnp.sort`` of floats compiles to a sort whose comparator implements the float total order and,
+  under autodiff, carries an index operand for the permutation; XLA:CPU calls that comparator per
+  comparison. Here each float32 becomes an order-preserving int32 (the bit pattern, its low 31
+  bits flipped for negative values), shifted left past the bits of its index along ``axis`` and
+  or-ed with it: one int64 key whose plain integer order is ``jnp.sort``'s stable order. The sorted
+  keys' low bits are the permutation, and ``x`` gathered by it (``take_along_axis``, linear, so
+  autodiff's gradient and tangents follow the permutation exactly as ``jnp.sort``'s do) is the
+  result. Other dtypes, and float32 axes of more than 2**31 entries, use ``jnp.sort``.
+  """
+  axis = axis % x.ndim if x.ndim else 0
+  n = x.shape[axis] if x.ndim else 1
+  if x.dtype != jnp.float32 or n <= 1 or n > 2**31:
+    return jnp.sort(x, axis=axis)
+  shift = max(1, (n - 1).bit_length())
+  v = jax.lax.stop_gradient(x)
+  v = jnp.where(v == 0, jnp.zeros_like(v), v)                  # -0.0 sorts with +0.0
+  v = jnp.where(jnp.isnan(v), jnp.full_like(v, jnp.nan), v)     # one positive NaN: after +inf
+  bits = jax.lax.bitcast_convert_type(v, jnp.int32)
+  ordered = jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+  with jax.enable_x64(True):  # the keys only: int64 inside this function, nothing leaves it
+    index = jax.lax.broadcasted_iota(jnp.int64, x.shape, axis)
+    keys = jax.lax.sort((ordered.astype(jnp.int64) << shift) | index, dimension=axis, is_stable=False)
+    perm = (keys & ((1 << shift) - 1)).astype(jnp.int32)
+  return jnp.take_along_axis(x, perm, axis=axis)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:

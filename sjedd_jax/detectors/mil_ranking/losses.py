@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sjedd_jax.backbones import layers
+
 LOSS_NAMES = ("cls", "bce_u", "bce_v", "rank")
 RANK_TARGETS = ("binary", "graded")
 GRADED_SPAN = 0.4   # "graded" targets run from 1 (first edit) down to 1 - GRADED_SPAN (L-th)
@@ -106,8 +108,11 @@ def upper_triangle(s: jax.Array) -> jax.Array:
 
 
 def sorted_upper_triangle(s: jax.Array) -> jax.Array:
-  """(..., N, N) -> (..., n): the strict upper triangle sorted ascending (the paper's u)."""
-  return jnp.sort(upper_triangle(s), axis=-1)
+  """(..., N, N) -> (..., n): the strict upper triangle sorted ascending (the paper's u).
+
+  ``layers.sort``: ``jnp.sort``'s values and derivatives, 3-4x faster on XLA:CPU at ResNet-50
+  size (32 x 32,640 pairs)."""
+  return layers.sort(upper_triangle(s), axis=-1)
 
 
 def num_pairs(num_tokens: int) -> int:
