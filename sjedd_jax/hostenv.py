@@ -110,10 +110,12 @@ def inline_dispatch_on() -> bool:
 
 
 def malloc_summary() -> str:
-  """A few words for reports: which of the settings this process runs with."""
-  return (f"malloc huge pages {'on' if huge_pages_on() else 'off'}, keeps freed memory "
-          f"{'on' if malloc_keep_on() else 'off'}, CPU programs run on the "
-          f"{'calling thread' if inline_dispatch_on() else 'dispatch thread'}")
+  """A few words for reports: which of the settings this process runs with (the dispatch only
+  in a process that has loaded JAX)."""
+  out = f"malloc huge pages {'on' if huge_pages_on() else 'off'}, keeps freed memory {'on' if malloc_keep_on() else 'off'}"
+  if "jax" in sys.modules:
+    out += f", JAX's CPU programs run on the {'calling thread' if inline_dispatch_on() else 'dispatch thread'}"
+  return out
 
 
 def run_programs_on_calling_thread() -> bool:
