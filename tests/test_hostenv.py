@@ -88,10 +88,11 @@ def test_programs_on_the_calling_thread_keep_their_temporaries():
   # which keeps them: (almost) no page faults after the first call
   on, inline, faults = _dispatch(GLIBC_TUNABLES=_KEEP)
   assert (on, inline) == ("True", "True") and int(faults) < 1000, faults
-  # JAX's asynchronous dispatch: the worker thread's arena maps the block anew on every call
-  # (32,768 pages of 4 KiB; measured 32,772-32,808)
+  # JAX's asynchronous dispatch: a worker thread's arena maps the block anew on every call (measured
+  # 32,772-32,808 faults of 4 KiB), unless glibc happened to hand that thread the main arena (it
+  # shares arenas out once a process has 8 per core), so the count is not asserted
   on, inline, faults = _dispatch(GLIBC_TUNABLES=_KEEP, SJEDD_INLINE_DISPATCH="0")
-  assert (on, inline) == ("False", "False") and int(faults) > 16_000, faults
+  assert (on, inline) == ("False", "False")
   # without KEEP it does nothing; after the backend started it says it is too late
   assert _dispatch()[:2] == ["False", "False"]
   assert _dispatch("late", GLIBC_TUNABLES=_KEEP) == ["error", "True"]
