@@ -67,18 +67,19 @@ def g(x):
 f = jax.jit(g)
 x = jnp.ones((32 << 20,), jnp.float32)
 faults = []
-for _ in range(3):
+for _ in range(5):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(on, hostenv.inline_dispatch_on(), min(faults[1:]))
+print(on, hostenv.inline_dispatch_on(), min(faults[1:]), ",".join(map(str, faults)))
 """
 
 
 def _dispatch(order="first", **env):
   base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostenv.INLINE_ENV)}
   out = subprocess.run([sys.executable, "-c", _DISPATCH_PROBE, order], env={**base, **env}, capture_output=True,
-                       text=True, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                       text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 0, out.stderr[-2000:]
   return out.stdout.split()
 
 
@@ -86,12 +87,12 @@ def _dispatch(order="first", **env):
 def test_programs_on_the_calling_thread_keep_their_temporaries():
   # under KEEP, a program run on the calling thread takes its temporaries from the main heap,
   # which keeps them: (almost) no page faults after the first call
-  on, inline, faults = _dispatch(GLIBC_TUNABLES=_KEEP)
-  assert (on, inline) == ("True", "True") and int(faults) < 1000, faults
+  on, inline, faults, per_call = _dispatch(GLIBC_TUNABLES=_KEEP)
+  assert (on, inline) == ("True", "True") and int(faults) < 1000, per_call
   # JAX's asynchronous dispatch: a worker thread's arena maps the block anew on every call (measured
   # 32,772-32,808 faults of 4 KiB), unless glibc happened to hand that thread the main arena (it
   # shares arenas out once a process has 8 per core), so the count is not asserted
-  on, inline, faults = _dispatch(GLIBC_TUNABLES=_KEEP, SJEDD_INLINE_DISPATCH="0")
+  on, inline, _, _ = _dispatch(GLIBC_TUNABLES=_KEEP, SJEDD_INLINE_DISPATCH="0")
   assert (on, inline) == ("False", "False")
   # without KEEP it does nothing; after the backend started it says it is too late
   assert _dispatch()[:2] == ["False", "False"]
