@@ -129,13 +129,13 @@ def run_programs_on_calling_thread() -> bool:
   if os.environ.get(INLINE_ENV, "1") == "0" or not malloc_keep_on():
     return False
   import jax  # pylint: disable=g-import-not-at-top
+  if INLINE_OPTION not in jax.config.values:   # a jax without the option: its default stays
+    return False
   try:  # jax's private record of started backends (jax 0.10); without it, no check
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
     started = bool(getattr(xla_bridge, "_backends", None))
   except ImportError:
     started = False
-  if INLINE_OPTION not in jax.config.values:   # a jax without the option: its default stays
-    return False
   if started:
     if inline_dispatch_on():
       return True
