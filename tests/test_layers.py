@@ -120,6 +120,61 @@ def _tiny_losses(params, x):
   return jnp.stack([jnp.mean(jnp.sin(y)), jnp.mean(jnp.square(y))])
 
 
+@pytest.mark.parametrize("shape,kernel,stride,pad", [
+    ((2, 8, 8, 3), 3, 2, ((1, 1), (1, 1))),      # ResNet's strided 3x3
+    ((2, 9, 7, 2), 3, 2, ((1, 1), (1, 1))),      # odd sizes: the last phase is shorter
+    ((1, 10, 11, 2), 3, 2, ((0, 0), (0, 0))),    # Xception's VALID entry conv
+    ((1, 12, 12, 2), 7, 2, ((3, 3), (3, 3))),    # ResNet's stem
+    ((1, 13, 9, 2), 3, 3, ((1, 1), (1, 1))),     # stride 3
+    ((1, 9, 9, 2), 4, 2, ((2, 1), (1, 2))),      # even kernel, asymmetric padding
+    ((1, 8, 10, 2), 3, (2, 1), ((1, 1), (1, 1))),  # one strided axis
+    ((1, 9, 9, 2), 2, 3, ((0, 0), (0, 0))),      # stride above the kernel: positions no tap reaches
+])
+def test_strided_conv_phases_is_the_conv(shape, kernel, stride, pad):
+  rng = np.random.default_rng(3)
+  strides = (stride, stride) if isinstance(stride, int) else stride
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], 3)), jnp.float32)
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, pad, dimension_numbers=DN)
+  new = lambda x, w: layers.conv_strided_phases(x, w, strides, pad)
+  np.testing.assert_array_equal(new(x, w), ref(x, w))            # the same forward
+  (dx, dw), (rx, rw) = _grads(new, x, w), _grads(ref, x, w)
+  np.testing.assert_array_equal(dw, rw)                          # XLA's weight gradient
+  np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)       # the input gradient by phases
+  tangents = (jnp.ones_like(x), jnp.full_like(w, 0.5))
+  np.testing.assert_allclose(jax.jvp(new, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1],
+                             rtol=1e-5, atol=1e-4)                 # forward mode (the bi-level "jvp")
+  over = lambda f: jax.jvp(lambda x: _grads(f, x, w)[1], (x,), (tangents[0],))[1]  # forward over reverse
+  np.testing.assert_allclose(over(new), over(ref), rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(layers.phase_sum_conv(x, w, strides, pad), ref(x, w), rtol=1e-5, atol=1e-5)
+
+
+def test_set_strided_switches_only_strided_convs_above_1x1():
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.a = nnx.Conv(3, 4, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False, rngs=rngs)
+      self.b = nnx.Conv(4, 4, (3, 3), padding=((1, 1), (1, 1)), rngs=rngs)
+      self.c = nnx.Conv(4, 2, (1, 1), strides=2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.c(self.b(self.a(x)))
+
+  net = Net(nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 12, 12, 3)), jnp.float32)
+  ref, ref_grad = net(x), jax.grad(lambda x: jnp.sum(jnp.sin(net(x))))(x)
+  layers.set_strided(net, "phases")
+  assert net.a.conv_general_dilated is layers.conv_strided_phases
+  assert net.b.conv_general_dilated is jax.lax.conv_general_dilated
+  assert net.c.conv_general_dilated is jax.lax.conv_general_dilated
+  np.testing.assert_array_equal(net(x), ref)
+  np.testing.assert_allclose(jax.grad(lambda x: jnp.sum(jnp.sin(net(x))))(x), ref_grad, rtol=1e-5, atol=1e-5)
+  layers.set_strided(net, "xla")
+  assert net.a.conv_general_dilated is jax.lax.conv_general_dilated
+  assert layers.strided_impl("auto") == ("phases" if jax.default_backend() == "cpu" else "xla")
+  with pytest.raises(ValueError, match="strided='fast'"):
+    layers.set_strided(net, "fast")
+
+
 def test_forward_mode_forms_allow_jvp_with_the_same_derivatives():
   rng = np.random.default_rng(5)
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.float32)

@@ -127,6 +127,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   m.use_bce_v = True
   m.use_rank = True
   m.pointwise = "auto"                 # 1x1 convs: "matmul" (2-5x faster on XLA:CPU), "xla", "auto" (matmul on CPU); same function
+  m.strided = "auto"                   # strided 3x3 convs' input gradient: "phases" (one stride-1 conv per phase), "xla", "auto" (phases on CPU); same function
   m.cpu_kernels = "auto"               # XLA:CPU's conv/matmul kernels: "eigen", "ynnpack" (XLA's default), "auto" (eigen); xla_cpu.py
   m.score = "auto"                     # p_fake: "auto" (P(x); sigmoid(f) when L = 1), "mil", "fused"
   m.decode_from = "auto"               # per-component scores: "auto", "fused" (f), "fU", "fV"

@@ -37,12 +37,13 @@ class MILRanking(nnx.Module):
   """ResNet -> MIL head. ``__call__(images (B, H, W, 3), train, rng) -> dict`` of float32 outputs."""
 
   def __init__(self, backbone: resnet.ResNetConfig, num_components: int, head: Mapping[str, Any], *,
-               rngs: nnx.Rngs, pointwise: str = "auto"):
+               rngs: nnx.Rngs, pointwise: str = "auto", strided: str = "auto"):
     self.backbone = resnet.ResNet(backbone, rngs=rngs)
     ch = backbone.channels
     self.head = modules.MILHead({k: ch[k] for k in ("C3", "C4", "C5")}, num_components, rngs=rngs, **head)
     self.num_components = int(num_components)
     layers.set_pointwise(self, pointwise)  # 1x1 convs as matmuls on CPU: the same function
+    layers.set_strided(self, strided)      # strided 3x3 convs' input gradient by phases on CPU: the same function
 
   def __call__(self, images: jax.Array, train: bool = False, rng: jax.Array | None = None) -> dict[str, jax.Array]:
     return self.head(self.backbone(images, train), train, rng)
@@ -89,7 +90,7 @@ def build(m: Mapping[str, Any], seed: int = 0) -> MILRanking:
   """A freshly initialised ``MILRanking`` of ``config.model`` (no pretrained weights)."""
   try:
     return MILRanking(backbone_config(m), int(m["num_components"]), head_kwargs(m), rngs=init_rngs(seed),
-                      pointwise=_get(m, "pointwise", "auto"))
+                      pointwise=_get(m, "pointwise", "auto"), strided=_get(m, "strided", "auto"))
   except (KeyError, TypeError) as e:
     raise ModelError(f"config.model: {type(e).__name__}: {e}") from None
   except ValueError as e:
