@@ -313,6 +313,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   from sjedd_jax import hostenv  # pylint: disable=g-import-not-at-top
-  hostenv.reexec_with_malloc_tunables()  # as the trainer runs: SJEDD_HUGE_PAGES=0 / SJEDD_MALLOC_KEEP=0 turn parts off
-  hostenv.run_programs_on_calling_thread()  # likewise (SJEDD_INLINE_DISPATCH=0: JAX's default)
+  hostenv.prepare_jax_process()  # as the trainer runs: SJEDD_HUGE_PAGES / SJEDD_MALLOC_KEEP / SJEDD_INLINE_DISPATCH=0 turn parts off
   sys.exit(main())

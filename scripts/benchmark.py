@@ -441,8 +441,7 @@ def report(c, results, argv, pipe, flop_rows) -> str:
 def main(argv):
   del argv
   # before anything runs: the command starts again with the tunables set
-  hostenv.reexec_with_malloc_tunables(huge=_HUGE_PAGES.value, keep=_MALLOC_KEEP.value)
-  hostenv.run_programs_on_calling_thread()  # as the trainer runs (SJEDD_INLINE_DISPATCH=0: JAX's default)
+  hostenv.prepare_jax_process(huge=_HUGE_PAGES.value, keep=_MALLOC_KEEP.value)  # as the trainer runs
   c = base_config()
   print(f"benchmark: CLIP {c.model.clip}, batch {c.batch_size}, modes {_MODES.value}", flush=True)
   unknown = [m for m in _MODES.value if m not in MODES]

@@ -18,7 +18,8 @@ keeps"):
   peak memory until it exits.
 
 glibc reads tunables only when a process starts, so a command line tool calls
-``reexec_with_malloc_tunables()`` first: it starts the same command again, once,
+``reexec_with_malloc_tunables()`` first (a JAX tool ``prepare_jax_process()``, which runs
+``run_programs_on_calling_thread()`` after it): it starts the same command again, once,
 with the tunables added to ``GLIBC_TUNABLES``. A tunable the user already set is
 left as it is. ``SJEDD_HUGE_PAGES=0`` leaves out ``HUGE``, ``SJEDD_MALLOC_KEEP=0``
 leaves out ``KEEP``; nothing happens on other C libraries.
@@ -172,3 +173,12 @@ def reexec_with_malloc_tunables(huge: bool = True, keep: bool = True) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, sys.orig_argv, env)
+
+
+def prepare_jax_process(huge: bool = True, keep: bool = True) -> None:
+  """What a JAX command line tool calls first, before it imports anything that starts JAX:
+  ``reexec_with_malloc_tunables(huge, keep)`` (which may restart the process), then
+  ``run_programs_on_calling_thread()``. A tool that never runs JAX (the PyTorch release
+  benchmark) calls ``reexec_with_malloc_tunables`` alone."""
+  reexec_with_malloc_tunables(huge, keep)
+  run_programs_on_calling_thread()

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 if __name__ == "__main__":  # before jax allocates anything: how glibc's malloc serves XLA:CPU's buffers
   from sjedd_jax import hostenv
-  hostenv.reexec_with_malloc_tunables()
-  hostenv.run_programs_on_calling_thread()  # its step's temporaries from the heap KEEP keeps
+  hostenv.prepare_jax_process()  # malloc keeps the step's buffers, in huge pages, on the calling thread
 
 import json
 import logging as pylogging
