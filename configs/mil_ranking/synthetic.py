@@ -42,7 +42,7 @@ WORLD = dict(seed=0, num_identities=160, frames_per_identity=6, edited_per_frame
 STEPS = 3000
 # ``synthetic.py:large``: twice the identities (320; the held-out split is then 48 identities,
 # 1,152 images), the same 3,000 steps (docs/mil_ranking.md, "The larger twin").
-LARGE = dict(num_identities=320)
+LARGE_IDENTITIES = 320
 
 
 def get_config(arg=None):
@@ -78,5 +78,5 @@ def get_config(arg=None):
   c.eval_every = STEPS
   c.ckpt_every = STEPS
   if arg == "large":
-    c.data.synthetic_seq.num_identities = LARGE["num_identities"]
+    c.data.synthetic_seq.num_identities = LARGE_IDENTITIES
   return c

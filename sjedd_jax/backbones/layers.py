@@ -170,17 +170,21 @@ def backend_impl(name: str, kind: str, allowed: Sequence[str], on_cpu: str, else
   return kind
 
 
+def _nhwc(lhs: jax.Array, rhs: jax.Array, dimension_numbers) -> bool:
+  """Whether a ``conv_general_dilated`` call is 2-D with NHWC input, HWIO kernel and NHWC output."""
+  return lhs.ndim == 4 and rhs.ndim == 4 and (
+      dimension_numbers is None
+      or dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+
+
 def conv_1x1_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                        dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                        preferred_element_type=None, out_sharding=None):
   """``jax.lax.conv_general_dilated`` (a drop-in for ``nnx.Conv(conv_general_dilated=...)``) that
   computes a 1x1, ungrouped, NHWC/HWIO convolution as zero padding, a strided slice and one
   ``(N*H*W, C) @ (C, O)`` product. Every other convolution goes to ``lax.conv_general_dilated``."""
-  kh, kw = rhs.shape[:2] if rhs.ndim == 4 else (0, 0)
-  nhwc = dimension_numbers is None or dimension_numbers == jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, _NHWC)
-  if (lhs.ndim != 4 or (kh, kw) != (1, 1) or feature_group_count != 1 or batch_group_count != 1
-      or any(d != 1 for d in (lhs_dilation or (1, 1))) or not nhwc or out_sharding is not None
+  if (not _nhwc(lhs, rhs, dimension_numbers) or tuple(rhs.shape[:2]) != (1, 1) or feature_group_count != 1
+      or batch_group_count != 1 or any(d != 1 for d in (lhs_dilation or (1, 1))) or out_sharding is not None
       or (isinstance(padding, str) and padding not in ("SAME", "VALID"))):
     kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
     if dimension_numbers is None:
@@ -289,10 +293,7 @@ def conv_strided_phases(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
   strided, ungrouped, undilated NHWC/HWIO convolution with explicit padding as ``strided_conv``: the
   same forward (the same XLA convolution), its derivative in the input as one stride-1 convolution per
   input phase. Every other convolution goes to ``conv_1x1_as_matmul`` (itself ``lax`` for kernels above 1x1)."""
-  nhwc = lhs.ndim == 4 and rhs.ndim == 4 and (
-      dimension_numbers is None
-      or dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
-  if (nhwc and tuple(window_strides) != (1, 1) and feature_group_count == 1 and batch_group_count == 1
+  if (_nhwc(lhs, rhs, dimension_numbers) and tuple(window_strides) != (1, 1) and feature_group_count == 1 and batch_group_count == 1
       and all(d == 1 for d in (lhs_dilation or (1, 1))) and all(d == 1 for d in (rhs_dilation or (1, 1)))
       and not isinstance(padding, str) and precision is None and preferred_element_type is None
       and out_sharding is None):
@@ -309,9 +310,10 @@ def set_strided(model: nnx.Module, kind: str) -> nnx.Module:
   gradient sums in another order). Returns ``model``."""
   fn = conv_strided_phases if strided_impl(kind) == "phases" else jax.lax.conv_general_dilated
   for _, module in nnx.iter_modules(model):
-    strides = module.strides if isinstance(module, nnx.Conv) else None
-    strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides or (1, 1))
-    if isinstance(module, nnx.Conv) and tuple(module.kernel_size) != (1, 1) and strides != (1, 1):
+    if not isinstance(module, nnx.Conv) or tuple(module.kernel_size) == (1, 1):
+      continue
+    strides = (module.strides,) * 2 if isinstance(module.strides, int) else tuple(module.strides or (1, 1))
+    if strides != (1, 1):
       module.conv_general_dilated = fn
   return model
 
